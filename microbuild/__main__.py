@@ -1,0 +1,3 @@
+from microbuild.cli.main import main
+
+main()

@@ -1,0 +1,300 @@
+"""The runtime interface: how sidecars are made, run commands, sleep, wake and go away.
+
+Like an httpx transport, every runtime implements the same small surface, so everything above it
+(snapshots, the host, microbuilds) never asks which one it is talking to.
+"""
+
+from __future__ import annotations
+
+import os
+import selectors
+import subprocess
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from microbuild.runtime.cgroup import Limits
+
+Network = Literal["none", "host"]
+Stream = Literal["stdout", "stderr"]
+WORKSPACE = "/workspace"
+DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+
+
+class RuntimeError_(Exception):
+    """Base class of runtime failures; the message is one line and says what to do."""
+
+
+class RuntimeUnavailable(RuntimeError_):
+    """This runtime cannot work on this machine (not Linux, no root, no overlayfs...)."""
+
+
+class SidecarGone(RuntimeError_):
+    """The sidecar's processes died or its directories vanished."""
+
+
+@dataclass(frozen=True)
+class SidecarSpec:
+    """Everything a runtime needs to make a sidecar; stored so that reset can make it again."""
+
+    layers: tuple[str, ...]
+    network: Network = "none"
+    limits: Limits = field(default_factory=lambda: Limits(4 << 30, 1024, 2.0))
+    expose: tuple[str, ...] = ()
+    rootfs: str | None = None
+    env: Mapping[str, str] = field(default_factory=dict)
+    tmp_size: int = 1 << 30
+
+    def to_json(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["env"] = dict(self.env)
+        return data
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> SidecarSpec:
+        limits = data["limits"]
+        return cls(
+            layers=tuple(data["layers"]),
+            network=data["network"],
+            limits=Limits(limits["memory"], limits["pids"], limits["cpus"]),
+            expose=tuple(data.get("expose", ())),
+            rootfs=data.get("rootfs"),
+            env=dict(data.get("env", {})),
+            tmp_size=data.get("tmp_size", 1 << 30),
+        )
+
+
+@dataclass
+class SidecarHandle:
+    """What a runtime knows about one live sidecar; plain data, kept in the store."""
+
+    id: str
+    runtime: str
+    dir: str
+    spec: SidecarSpec
+    init_pid: int | None = None
+    init_start: int | None = None
+    cgroup: dict[str, Any] | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "runtime": self.runtime,
+            "dir": self.dir,
+            "spec": self.spec.to_json(),
+            "init_pid": self.init_pid,
+            "init_start": self.init_start,
+            "cgroup": self.cgroup,
+        }
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> SidecarHandle:
+        return cls(
+            id=data["id"],
+            runtime=data["runtime"],
+            dir=data["dir"],
+            spec=SidecarSpec.from_json(data["spec"]),
+            init_pid=data.get("init_pid"),
+            init_start=data.get("init_start"),
+            cgroup=data.get("cgroup"),
+        )
+
+
+@dataclass(frozen=True)
+class OutputChunk:
+    stream: Stream
+    data: bytes
+
+
+@dataclass(frozen=True)
+class ExecResult:
+    exit_code: int
+    signal: int | None
+    timed_out: bool
+    oom_killed: bool
+    duration_s: float
+    cpu_s: float | None = None
+
+
+@dataclass(frozen=True)
+class SidecarStats:
+    memory_bytes: int
+    rss_bytes: int
+    cpu_s: float
+    processes: int
+
+
+class Execution:
+    """A running command: iterate `chunks()` for its output as it comes, then `result()`.
+
+    The runtime supplies how to kill the whole tree (`kill_tree`) and what to do once the main
+    process is gone (`finish`), e.g. reap leftovers and read accounting.
+    """
+
+    def __init__(
+        self,
+        proc: subprocess.Popen[bytes],
+        timeout: float | None,
+        kill_tree: Callable[[], None],
+        finish: Callable[[int, bool], ExecResult],
+    ) -> None:
+        self.proc = proc
+        self.started = time.monotonic()
+        self.deadline = None if timeout is None else self.started + timeout
+        self._kill_tree = kill_tree
+        self._finish = finish
+        self._result: ExecResult | None = None
+        self.timed_out = False
+
+    def kill(self) -> None:
+        """Kill the command and everything it started (e.g. when the client went away)."""
+        self._kill_tree()
+
+    def chunks(self) -> Iterator[OutputChunk]:
+        sel = selectors.DefaultSelector()
+        for stream, pipe in (("stdout", self.proc.stdout), ("stderr", self.proc.stderr)):
+            if pipe is not None:
+                os.set_blocking(pipe.fileno(), False)
+                sel.register(pipe.fileno(), selectors.EVENT_READ, stream)
+        leftovers_killed = False
+        try:
+            while sel.get_map():
+                wait = 0.05
+                if self.deadline is not None:
+                    wait = max(0.0, min(wait, self.deadline - time.monotonic()))
+                for key, _ in sel.select(wait):
+                    try:
+                        data = os.read(key.fd, 65536)
+                    except BlockingIOError:
+                        continue
+                    if not data:
+                        sel.unregister(key.fd)
+                        continue
+                    yield OutputChunk(key.data, data)
+                if (
+                    not self.timed_out
+                    and self.deadline is not None
+                    and time.monotonic() >= self.deadline
+                    and self.proc.poll() is None
+                ):
+                    self.timed_out = True
+                    self._kill_tree()
+                elif self.proc.poll() is not None and not leftovers_killed and sel.get_map():
+                    # The main process is gone but something it started still holds the pipes.
+                    leftovers_killed = True
+                    self._kill_tree()
+        finally:
+            sel.close()
+
+    def result(self) -> ExecResult:
+        if self._result is None:
+            for _ in self.chunks():
+                pass
+            status = self.proc.wait()
+            for pipe in (self.proc.stdout, self.proc.stderr, self.proc.stdin):
+                if pipe is not None:
+                    pipe.close()
+            self._result = self._finish(status, self.timed_out)
+        return self._result
+
+    def collect(self) -> tuple[ExecResult, bytes, bytes]:
+        """Run to the end and return the result with the whole stdout and stderr."""
+        out: list[bytes] = []
+        err: list[bytes] = []
+        for chunk in self.chunks():
+            (out if chunk.stream == "stdout" else err).append(chunk.data)
+        return self.result(), b"".join(out), b"".join(err)
+
+
+def exit_code_of(status: int) -> tuple[int, int | None]:
+    """(shell-style exit code, signal) from a Popen returncode."""
+    if status < 0:
+        return 128 - status, -status
+    return status, None
+
+
+class Runtime(ABC):
+    """Makes sidecars from snapshot layers. One instance per state directory."""
+
+    name: str
+    isolates: bool
+
+    def __init__(self, state_dir: Path) -> None:
+        self.state_dir = state_dir
+        self.sidecars_dir = state_dir / "sidecars"
+
+    @abstractmethod
+    def create(self, sidecar_id: str, spec: SidecarSpec) -> SidecarHandle: ...
+
+    @abstractmethod
+    def exec(
+        self,
+        handle: SidecarHandle,
+        argv: list[str],
+        env: Mapping[str, str] | None = None,
+        cwd: str | None = None,
+        timeout: float | None = None,
+        stdin: bytes | None = None,
+    ) -> Execution: ...
+
+    @abstractmethod
+    def suspend(self, handle: SidecarHandle) -> None: ...
+
+    @abstractmethod
+    def resume(self, handle: SidecarHandle) -> None: ...
+
+    @abstractmethod
+    def destroy(self, handle: SidecarHandle) -> None:
+        """Remove every trace: processes, mounts, cgroups and directories. Idempotent."""
+
+    @abstractmethod
+    def is_alive(self, handle: SidecarHandle) -> bool: ...
+
+    @abstractmethod
+    def stats(self, handle: SidecarHandle) -> SidecarStats: ...
+
+    @abstractmethod
+    def workspace(self, handle: SidecarHandle) -> Path:
+        """The sidecar's workspace as a path the host can read and write."""
+
+    @abstractmethod
+    def freeze(self, handle: SidecarHandle, dest: Path) -> tuple[str, ...]:
+        """Stop the sidecar and turn what it wrote into a read-only snapshot layer at `dest`.
+
+        Returns the layers (top first) a sidecar of the resulting snapshot is made from.
+        """
+
+    def reset(self, handle: SidecarHandle) -> SidecarHandle:
+        """A fresh writable layer from the same snapshot, under the same id."""
+        self.destroy(handle)
+        return self.create(handle.id, handle.spec)
+
+    def sidecar_env(self, handle: SidecarHandle, extra: Mapping[str, str] | None) -> dict[str, str]:
+        """The environment of a command: clean, never the caller's own."""
+        workspace = str(self.workspace_in_sidecar(handle))
+        path = f"{workspace}/.venv/bin:{workspace}/node_modules/.bin:{self.base_path()}"
+        env = {
+            "PATH": path,
+            "HOME": self.home_in_sidecar(handle),
+            "LANG": "C.UTF-8",
+            "LC_ALL": "C.UTF-8",
+            "TERM": "dumb",
+            "MICROBUILD_SIDECAR": handle.id,
+            "PIP_DISABLE_PIP_VERSION_CHECK": "1",
+        }
+        env.update(handle.spec.env)
+        if extra:
+            env.update(extra)
+        return env
+
+    def base_path(self) -> str:
+        return DEFAULT_PATH
+
+    @abstractmethod
+    def workspace_in_sidecar(self, handle: SidecarHandle) -> str: ...
+
+    @abstractmethod
+    def home_in_sidecar(self, handle: SidecarHandle) -> str: ...

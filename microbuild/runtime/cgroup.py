@@ -1,0 +1,404 @@
+"""Control groups for sidecars: limits, freezing, accounting and killing whole process trees.
+
+Two drivers behind one interface: cgroup v1 (one hierarchy per controller, as on this project's
+CI machine) and cgroup v2 (the unified hierarchy of most current distributions).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import signal
+import time
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from pathlib import Path
+
+V1_CONTROLLERS = ("memory", "pids", "cpu", "cpuacct", "freezer")
+V2_CONTROLLERS = ("memory", "pids", "cpu")
+CPU_PERIOD_US = 100_000
+
+
+class CgroupError(RuntimeError):
+    """Cgroups are missing, not writable, or refused an operation."""
+
+
+@dataclass(frozen=True)
+class Limits:
+    memory: int
+    pids: int
+    cpus: float | None
+
+
+def _write(path: Path, value: str) -> None:
+    with open(path, "w") as f:
+        f.write(value)
+
+
+def _read(path: Path) -> str:
+    with open(path) as f:
+        return f.read()
+
+
+def _wait_until(predicate: object, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    delay = 0.0002
+    while not predicate():  # type: ignore[operator]
+        if time.monotonic() > deadline:
+            raise CgroupError(f"timed out waiting for cgroup to {what}")
+        time.sleep(delay)
+        delay = min(delay * 2, 0.01)
+
+
+def _rmdir_retrying(path: Path) -> None:
+    """rmdir of a cgroup fails with EBUSY for a moment after its last process exits."""
+    deadline = time.monotonic() + 5
+    while True:
+        try:
+            path.rmdir()
+            return
+        except FileNotFoundError:
+            return
+        except OSError as exc:
+            if exc.errno != errno.EBUSY or time.monotonic() > deadline:
+                raise CgroupError(f"cannot remove cgroup {path}: {exc.strerror}") from exc
+            time.sleep(0.002)
+
+
+def _remove_cgroup_tree(path: Path) -> None:
+    """Child cgroups must go before their parent; files inside cannot be removed at all."""
+    if not path.is_dir():
+        return
+    for dirpath, _dirs, _files in os.walk(path, topdown=False):
+        _rmdir_retrying(Path(dirpath))
+
+
+class Cgroup(ABC):
+    """One cgroup, spanning every hierarchy the driver uses."""
+
+    version: int
+
+    @abstractmethod
+    def to_json(self) -> dict[str, object]: ...
+
+    @abstractmethod
+    def child(self, name: str) -> Cgroup: ...
+
+    @abstractmethod
+    def create(self) -> None: ...
+
+    @abstractmethod
+    def exists(self) -> bool: ...
+
+    @abstractmethod
+    def set_limits(self, limits: Limits) -> None: ...
+
+    @abstractmethod
+    def procs_files(self) -> list[str]:
+        """Files a process writes "0" into to join this cgroup (safe between fork and exec)."""
+
+    @abstractmethod
+    def pids(self) -> list[int]: ...
+
+    @abstractmethod
+    def freeze(self) -> None: ...
+
+    @abstractmethod
+    def thaw(self) -> None: ...
+
+    @abstractmethod
+    def is_frozen(self) -> bool: ...
+
+    @abstractmethod
+    def cpu_usage_s(self) -> float: ...
+
+    @abstractmethod
+    def memory_usage(self) -> int: ...
+
+    @abstractmethod
+    def oom_kills(self) -> int: ...
+
+    @abstractmethod
+    def _remove_dirs(self) -> None: ...
+
+    def join(self) -> None:
+        for path in self.procs_files():
+            _write(Path(path), "0")
+
+    def kill_all(self, timeout: float = 10) -> None:
+        """SIGKILL every process, freezing first so that a fork bomb cannot outrun the loop."""
+        if not self.exists():
+            return
+        self.freeze()
+        for pid in self.pids():
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        self.thaw()
+        _wait_until(lambda: not self.pids(), timeout, "empty")
+
+    def remove(self) -> None:
+        """Kill what is left, then remove the cgroup's directories, children first."""
+        if self.exists() and self.pids():
+            self.kill_all()
+        self._remove_dirs()
+
+
+class CgroupV1(Cgroup):
+    version = 1
+
+    def __init__(self, dirs: dict[str, str]) -> None:
+        self.dirs = {name: Path(path) for name, path in dirs.items()}
+
+    def to_json(self) -> dict[str, object]:
+        return {"version": 1, "dirs": {k: str(v) for k, v in self.dirs.items()}}
+
+    def child(self, name: str) -> CgroupV1:
+        return CgroupV1({k: str(v / name) for k, v in self.dirs.items()})
+
+    def create(self) -> None:
+        for path in self.dirs.values():
+            path.mkdir(parents=True, exist_ok=True)
+
+    def exists(self) -> bool:
+        return self.dirs["freezer"].is_dir()
+
+    def set_limits(self, limits: Limits) -> None:
+        mem = self.dirs["memory"]
+        _write(mem / "memory.limit_in_bytes", str(limits.memory))
+        memsw = mem / "memory.memsw.limit_in_bytes"
+        if memsw.exists():
+            _write(memsw, str(limits.memory))
+        swappiness = mem / "memory.swappiness"
+        if swappiness.exists():
+            with contextlib.suppress(OSError):
+                _write(swappiness, "0")
+        _write(self.dirs["pids"] / "pids.max", str(limits.pids))
+        cpu = self.dirs["cpu"]
+        _write(cpu / "cpu.cfs_period_us", str(CPU_PERIOD_US))
+        quota = -1 if limits.cpus is None else max(1000, int(limits.cpus * CPU_PERIOD_US))
+        _write(cpu / "cpu.cfs_quota_us", str(quota))
+
+    def procs_files(self) -> list[str]:
+        return [str(path / "cgroup.procs") for path in self.dirs.values()]
+
+    def pids(self) -> list[int]:
+        try:
+            return [int(x) for x in _read(self.dirs["freezer"] / "cgroup.procs").split()]
+        except FileNotFoundError:
+            return []
+
+    def freeze(self) -> None:
+        state = self.dirs["freezer"] / "freezer.state"
+        _write(state, "FROZEN")
+        _wait_until(lambda: _read(state).strip() == "FROZEN", 10, "freeze")
+
+    def thaw(self) -> None:
+        _write(self.dirs["freezer"] / "freezer.state", "THAWED")
+
+    def is_frozen(self) -> bool:
+        return _read(self.dirs["freezer"] / "freezer.state").strip() == "FROZEN"
+
+    def cpu_usage_s(self) -> float:
+        return int(_read(self.dirs["cpuacct"] / "cpuacct.usage")) / 1e9
+
+    def memory_usage(self) -> int:
+        return int(_read(self.dirs["memory"] / "memory.usage_in_bytes"))
+
+    def oom_kills(self) -> int:
+        for line in _read(self.dirs["memory"] / "memory.oom_control").splitlines():
+            key, _, value = line.partition(" ")
+            if key == "oom_kill":
+                return int(value)
+        return 0
+
+    def _remove_dirs(self) -> None:
+        for path in self.dirs.values():
+            _remove_cgroup_tree(path)
+
+
+class CgroupV2(Cgroup):
+    version = 2
+
+    def __init__(self, path: str, controllers: tuple[str, ...] = V2_CONTROLLERS) -> None:
+        self.path = Path(path)
+        self.controllers = controllers
+
+    def to_json(self) -> dict[str, object]:
+        return {"version": 2, "path": str(self.path), "controllers": list(self.controllers)}
+
+    def child(self, name: str) -> CgroupV2:
+        return CgroupV2(str(self.path / name), self.controllers)
+
+    def create(self) -> None:
+        self.path.mkdir(parents=True, exist_ok=True)
+
+    def exists(self) -> bool:
+        return self.path.is_dir()
+
+    def set_limits(self, limits: Limits) -> None:
+        available = set(_read(self.path / "cgroup.controllers").split())
+        missing = [c for c in V2_CONTROLLERS if c not in available]
+        if missing:
+            raise CgroupError(
+                f"cgroup v2 controllers {', '.join(missing)} are not enabled for {self.path}; "
+                "enable them in the parent's cgroup.subtree_control (or boot with a unified "
+                "hierarchy)"
+            )
+        _write(self.path / "memory.max", str(limits.memory))
+        swap = self.path / "memory.swap.max"
+        if swap.exists():
+            _write(swap, "0")
+        _write(self.path / "pids.max", str(limits.pids))
+        quota = "max" if limits.cpus is None else str(max(1000, int(limits.cpus * CPU_PERIOD_US)))
+        _write(self.path / "cpu.max", f"{quota} {CPU_PERIOD_US}")
+
+    def procs_files(self) -> list[str]:
+        return [str(self.path / "cgroup.procs")]
+
+    def pids(self) -> list[int]:
+        try:
+            return [int(x) for x in _read(self.path / "cgroup.procs").split()]
+        except FileNotFoundError:
+            return []
+
+    def _events(self) -> dict[str, str]:
+        pairs = (line.split(" ", 1) for line in _read(self.path / "cgroup.events").splitlines())
+        return {k: v for k, v in pairs}
+
+    def freeze(self) -> None:
+        _write(self.path / "cgroup.freeze", "1")
+        _wait_until(lambda: self._events().get("frozen") == "1", 10, "freeze")
+
+    def thaw(self) -> None:
+        _write(self.path / "cgroup.freeze", "0")
+
+    def is_frozen(self) -> bool:
+        return self._events().get("frozen") == "1"
+
+    def kill_all(self, timeout: float = 10) -> None:
+        kill_file = self.path / "cgroup.kill"
+        if not self.exists() or not kill_file.exists():
+            super().kill_all(timeout)
+            return
+        _write(kill_file, "1")
+        _wait_until(lambda: not self.pids(), timeout, "empty")
+
+    def cpu_usage_s(self) -> float:
+        for line in _read(self.path / "cpu.stat").splitlines():
+            key, _, value = line.partition(" ")
+            if key == "usage_usec":
+                return int(value) / 1e6
+        return 0.0
+
+    def memory_usage(self) -> int:
+        current = self.path / "memory.current"
+        return int(_read(current)) if current.exists() else 0
+
+    def oom_kills(self) -> int:
+        events = self.path / "memory.events"
+        if not events.exists():
+            return 0
+        for line in _read(events).splitlines():
+            key, _, value = line.partition(" ")
+            if key == "oom_kill":
+                return int(value)
+        return 0
+
+    def _remove_dirs(self) -> None:
+        _remove_cgroup_tree(self.path)
+
+
+def from_json(data: dict[str, object]) -> Cgroup:
+    if data.get("version") == 2:
+        controllers = data.get("controllers", V2_CONTROLLERS)
+        return CgroupV2(str(data["path"]), tuple(controllers))  # type: ignore[arg-type]
+    dirs = data["dirs"]
+    assert isinstance(dirs, dict)
+    return CgroupV1({str(k): str(v) for k, v in dirs.items()})
+
+
+def _mounts() -> list[tuple[str, str, list[str]]]:
+    """(mount point, fs type, super options) of every cgroup mount, from mountinfo."""
+    found = []
+    with open("/proc/self/mountinfo") as f:
+        for line in f:
+            left, _, right = line.partition(" - ")
+            fields = left.split()
+            fstype, _source, superopts = right.split()[:3]
+            if fstype in ("cgroup", "cgroup2"):
+                found.append((fields[4], fstype, superopts.split(",")))
+    return found
+
+
+def _own_cgroups() -> dict[str, str]:
+    """This process's cgroup path per v1 controller, and under key "" its v2 path."""
+    own: dict[str, str] = {}
+    with open("/proc/self/cgroup") as f:
+        for line in f:
+            _id, controllers, path = line.rstrip("\n").split(":", 2)
+            if not controllers:
+                own[""] = path
+            for name in controllers.split(","):
+                own[name] = path
+    return own
+
+
+def sidecar_root(prefer: str | None = None) -> Cgroup:
+    """The cgroup under which sidecars are made: `microbuild` below this process's own cgroup.
+
+    Nesting under our own cgroup keeps sidecars inside whatever limits the caller already has.
+    `prefer` ("v1"/"v2", or env MICROBUILD_CGROUP) picks a driver on hybrid machines.
+    """
+    prefer = prefer or os.environ.get("MICROBUILD_CGROUP") or None
+    mounts = _mounts()
+    own = _own_cgroups()
+    v1 = {}
+    for point, fstype, opts in mounts:
+        if fstype == "cgroup":
+            for name in V1_CONTROLLERS:
+                if name in opts and name not in v1:
+                    v1[name] = point
+    v2 = next((point for point, fstype, _ in mounts if fstype == "cgroup2"), None)
+
+    if prefer != "v2" and all(name in v1 for name in V1_CONTROLLERS):
+        dirs = {
+            name: os.path.join(v1[name], own.get(name, "/").lstrip("/"), "microbuild")
+            for name in V1_CONTROLLERS
+        }
+        return CgroupV1(dirs)
+    if prefer == "v1":
+        raise CgroupError(
+            "cgroup v1 was asked for, but the memory, pids, cpu, cpuacct and "
+            "freezer hierarchies are not all mounted"
+        )
+    if v2 is None:
+        raise CgroupError("no cgroup filesystem is mounted; mount cgroup2 on /sys/fs/cgroup")
+    available = set(_read(Path(v2) / "cgroup.controllers").split())
+    controllers = tuple(c for c in V2_CONTROLLERS if c in available)
+    own_path = own.get("", "/")
+    if own_path == "/" or os.geteuid() == 0:
+        base = Path(v2) / "microbuild"
+        parent = Path(v2)
+    else:
+        base = Path(v2) / own_path.lstrip("/") / "microbuild"
+        parent = base.parent
+    root = CgroupV2(str(base), controllers)
+    if controllers:
+        _enable_controllers(parent, controllers)
+        root.create()
+        _enable_controllers(base, controllers)
+    return root
+
+
+def _enable_controllers(path: Path, controllers: tuple[str, ...]) -> None:
+    enabled = set(_read(path / "cgroup.subtree_control").split())
+    wanted = [c for c in controllers if c not in enabled]
+    if wanted:
+        try:
+            _write(path / "cgroup.subtree_control", " ".join(f"+{c}" for c in wanted))
+        except OSError as exc:
+            raise CgroupError(
+                f"cannot enable {', '.join(wanted)} in {path}/cgroup.subtree_control: "
+                f"{exc.strerror}; run as root or delegate that cgroup to this user"
+            ) from exc

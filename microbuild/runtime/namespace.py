@@ -1,0 +1,564 @@
+"""The `namespace` runtime: Linux namespaces + overlayfs + cgroups, no daemon in between.
+
+A sidecar is an overlayfs writable layer over its snapshot's layers and a skeleton root into
+which the host's system directories are bind-mounted read-only. Its init process (a tiny shell
+loop that reaps orphans) holds the mount, pid, ipc, uts and (unless the network is shared) net
+namespaces alive between commands; commands join them with setns and a fork.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Mapping
+from pathlib import Path
+
+from microbuild.runtime import cgroup as cg
+from microbuild.runtime import linux
+from microbuild.runtime.base import (
+    DEFAULT_PATH,
+    WORKSPACE,
+    ExecResult,
+    Execution,
+    Runtime,
+    RuntimeError_,
+    RuntimeUnavailable,
+    SidecarGone,
+    SidecarHandle,
+    SidecarSpec,
+    SidecarStats,
+    exit_code_of,
+)
+
+HOST_SYSTEM_DIRS = ("usr", "bin", "sbin", "lib", "lib32", "lib64", "libx32", "etc", "opt")
+SKELETON_DIRS = ("proc", "sys", "dev", "tmp", "root", "home", "run", "mnt", "var/tmp", "workspace")
+MASKED_FILES = ("/etc/shadow", "/etc/gshadow", "/etc/shadow-", "/etc/gshadow-")
+MASKED_DIRS = ("/etc/ssh", "/etc/sudoers.d")
+PROC_READONLY = ("sys", "sysrq-trigger", "irq", "bus", "fs")
+PROC_MASKED = ("kcore", "keys", "timer_list", "sched_debug")
+DEV_NODES = ("null", "zero", "full", "random", "urandom", "tty")
+NAMESPACES = ("ipc", "uts", "net", "pid", "mnt")
+# pid 1 of a sidecar: the shell's `wait` reaps every child, orphans included.
+INIT_SCRIPT = "while :; do sleep 2147483647 & wait; done"
+OVERLAY_OPTIONS = "index=off,xino=off,redirect_dir=off,metacopy=off"
+
+
+def _python_prefix() -> str:
+    return os.path.realpath(sys.base_prefix)
+
+
+class NamespaceRuntime(Runtime):
+    name = "namespace"
+    isolates = True
+
+    def __init__(self, state_dir: Path, cgroup_root: cg.Cgroup | None = None) -> None:
+        super().__init__(state_dir)
+        problem = unavailable_reason()
+        if problem:
+            raise RuntimeUnavailable(problem)
+        if any(c in str(state_dir) for c in ",:"):
+            raise RuntimeUnavailable(
+                f"state dir {state_dir} contains ',' or ':', which overlayfs cannot take; "
+                "set MICROBUILD_STATE_DIR to another path"
+            )
+        try:
+            self.cgroup_root = cgroup_root or cg.sidecar_root()
+        except (cg.CgroupError, OSError) as exc:
+            raise RuntimeUnavailable(f"cgroups unavailable: {exc}") from exc
+        self._last_cap = linux.last_capability()
+        self._exec_seq = 0
+
+    # -- layout ------------------------------------------------------------------------------
+
+    def _exposed(self, spec: SidecarSpec) -> list[tuple[str, str]]:
+        """(host path, path in sidecar) pairs bind-mounted read-only, in mount order."""
+        binds: list[tuple[str, str]] = []
+        if spec.rootfs is None:
+            for name in HOST_SYSTEM_DIRS:
+                host = f"/{name}"
+                if os.path.isdir(host) and not os.path.islink(host):
+                    binds.append((host, host))
+            prefix = _python_prefix()
+            if not any(prefix == h or prefix.startswith(h + "/") for h, _ in binds):
+                binds.append((prefix, prefix))
+        for path in spec.expose:
+            real = os.path.realpath(path)
+            if os.path.exists(real):
+                binds.append((real, path))
+        if spec.network == "host":
+            resolv = os.path.realpath("/etc/resolv.conf")
+            if not resolv.startswith("/etc/") and os.path.exists(resolv):
+                binds.append((os.path.dirname(resolv), os.path.dirname(resolv)))
+        return binds
+
+    def _skeleton(self, spec: SidecarSpec) -> str:
+        """The bottom layer: empty mount points and the host's top-level symlinks.
+
+        Built once per set of mount points; content-addressed so it is never edited in place.
+        """
+        if spec.rootfs is not None:
+            return spec.rootfs
+        binds = self._exposed(spec)
+        links = {
+            name: os.readlink(f"/{name}") for name in HOST_SYSTEM_DIRS if os.path.islink(f"/{name}")
+        }
+        key = repr((sorted(links.items()), [b[1] for b in binds], SKELETON_DIRS))
+        digest = hashlib.sha256(key.encode()).hexdigest()[:16]
+        path = self.state_dir / "skeletons" / digest
+        if path.is_dir():
+            return str(path)
+        tmp = path.with_name(f"{digest}.tmp{os.getpid()}")
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        for name in SKELETON_DIRS:
+            (tmp / name).mkdir(parents=True, exist_ok=True)
+        (tmp / "tmp").chmod(0o1777)
+        (tmp / "var/tmp").chmod(0o1777)
+        for name, target in links.items():
+            (tmp / name).symlink_to(target)
+        for _, inside in binds:
+            (tmp / inside.lstrip("/")).mkdir(parents=True, exist_ok=True)
+        try:
+            tmp.rename(path)
+        except OSError:
+            shutil.rmtree(tmp, ignore_errors=True)
+        return str(path)
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    def create(self, sidecar_id: str, spec: SidecarSpec) -> SidecarHandle:
+        sdir = self.sidecars_dir / sidecar_id
+        for layer in spec.layers:
+            if not os.path.isdir(layer):
+                raise RuntimeError_(f"snapshot layer {layer} is missing; rebuild the snapshot")
+        lower = ":".join([*spec.layers, self._skeleton(spec)])
+        binds = self._exposed(spec)
+        sdir.mkdir(parents=True, exist_ok=True)
+        for sub in ("upper", "work", "root"):
+            (sdir / sub).mkdir(exist_ok=True)
+        group = self.cgroup_root.child(sidecar_id)
+        try:
+            group.create()
+            group.set_limits(spec.limits)
+        except (OSError, cg.CgroupError) as exc:
+            with contextlib.suppress(Exception):
+                group.remove()
+            shutil.rmtree(sdir, ignore_errors=True)
+            raise RuntimeError_(f"cannot set up the sidecar's cgroup: {exc}") from exc
+        handle = SidecarHandle(
+            id=sidecar_id, runtime=self.name, dir=str(sdir), spec=spec, cgroup=group.to_json()
+        )
+        overlay = (
+            f"lowerdir={lower},upperdir={sdir / 'upper'},workdir={sdir / 'work'},{OVERLAY_OPTIONS}"
+        )
+        try:
+            pid = self._spawn_init(
+                sidecar_id, str(sdir / "root"), overlay, binds, group.procs_files(), spec
+            )
+        except BaseException:
+            with contextlib.suppress(Exception):
+                group.remove()
+            shutil.rmtree(sdir, ignore_errors=True)
+            raise
+        handle.init_pid = pid
+        handle.init_start = linux.process_start_time(pid)
+        return handle
+
+    def _spawn_init(
+        self,
+        sidecar_id: str,
+        root: str,
+        overlay: str,
+        binds: list[tuple[str, str]],
+        procs_files: list[str],
+        spec: SidecarSpec,
+    ) -> int:
+        flags = linux.CLONE_NEWNS | linux.CLONE_NEWPID | linux.CLONE_NEWIPC | linux.CLONE_NEWUTS
+        if spec.network == "none":
+            flags |= linux.CLONE_NEWNET
+        hostname = f"sidecar-{sidecar_id[-8:]}"
+        tmp_opts = f"size={spec.tmp_size},mode=1777"
+        read_end, write_end = os.pipe()
+        pid = os.fork()
+        if pid == 0:  # pragma: no cover - runs in the child, reported through the pipe
+            code = 1
+            try:
+                os.close(read_end)
+                for path in procs_files:
+                    fd = os.open(path, os.O_WRONLY)
+                    os.write(fd, b"0")
+                    os.close(fd)
+                linux.unshare(flags)
+                init = os.fork()
+                if init:
+                    os.write(write_end, f"pid {init}\n".encode())
+                    code = 0
+                else:
+                    _become_init(root, overlay, binds, tmp_opts, hostname, spec, write_end)
+            except BaseException as exc:
+                with contextlib.suppress(Exception):
+                    os.write(write_end, f"error {_describe(exc)}\n".encode())
+            finally:
+                os._exit(code)
+        os.close(write_end)
+        chunks = []
+        with os.fdopen(read_end, "rb") as pipe:
+            while True:
+                data = pipe.read(4096)
+                if not data:
+                    break
+                chunks.append(data)
+        os.waitpid(pid, 0)
+        init_pid = None
+        for line in b"".join(chunks).decode(errors="replace").splitlines():
+            word, _, rest = line.partition(" ")
+            if word == "pid":
+                init_pid = int(rest)
+            elif word == "error":
+                if init_pid:
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(init_pid, signal.SIGKILL)
+                raise RuntimeError_(f"sidecar setup failed: {rest}")
+        if init_pid is None:
+            raise RuntimeError_("sidecar setup failed: the init process did not start")
+        return init_pid
+
+    def _group(self, handle: SidecarHandle) -> cg.Cgroup:
+        if handle.cgroup is None:
+            raise SidecarGone(f"sidecar {handle.id} has no cgroup")
+        return cg.from_json(handle.cgroup)
+
+    def is_alive(self, handle: SidecarHandle) -> bool:
+        if handle.init_pid is None:
+            return False
+        start = linux.process_start_time(handle.init_pid)
+        return start is not None and start == handle.init_start
+
+    def _require_alive(self, handle: SidecarHandle) -> None:
+        if not self.is_alive(handle):
+            raise SidecarGone(
+                f"sidecar {handle.id} is dead (its init process is gone); "
+                f"run `microbuild sidecar reset {handle.id}`"
+            )
+
+    def suspend(self, handle: SidecarHandle) -> None:
+        self._require_alive(handle)
+        self._group(handle).freeze()
+
+    def resume(self, handle: SidecarHandle) -> None:
+        self._require_alive(handle)
+        self._group(handle).thaw()
+
+    def destroy(self, handle: SidecarHandle) -> None:
+        group = self._group(handle) if handle.cgroup else None
+        if group is not None and group.exists():
+            with contextlib.suppress(OSError):
+                group.thaw()
+        if self.is_alive(handle):
+            assert handle.init_pid is not None
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(handle.init_pid, signal.SIGKILL)
+        if group is not None:
+            group.remove()
+        if handle.init_pid is not None:
+            _wait_gone(handle.init_pid, handle.init_start)
+        _remove_tree(Path(handle.dir))
+
+    def stats(self, handle: SidecarHandle) -> SidecarStats:
+        group = self._group(handle)
+        pids = group.pids()
+        rss = 0
+        for pid in pids:
+            rss += _rss_bytes(pid)
+        return SidecarStats(
+            memory_bytes=group.memory_usage(),
+            rss_bytes=rss,
+            cpu_s=group.cpu_usage_s(),
+            processes=len(pids),
+        )
+
+    def workspace(self, handle: SidecarHandle) -> Path:
+        self._require_alive(handle)
+        return Path(f"/proc/{handle.init_pid}/root{WORKSPACE}")
+
+    def workspace_in_sidecar(self, handle: SidecarHandle) -> str:
+        return WORKSPACE
+
+    def home_in_sidecar(self, handle: SidecarHandle) -> str:
+        return "/root"
+
+    def base_path(self) -> str:
+        return f"{_python_prefix()}/bin:{DEFAULT_PATH}"
+
+    def freeze(self, handle: SidecarHandle, dest: Path) -> tuple[str, ...]:
+        upper = Path(handle.dir) / "upper"
+        self._kill_processes(handle)
+        _wait_gone(handle.init_pid, handle.init_start)
+        for scratch in ("tmp", "var/tmp", "run", "dev", "proc", "sys"):
+            path = upper / scratch
+            if path.is_dir() and not path.is_symlink():
+                shutil.rmtree(path, ignore_errors=True)
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        upper.rename(dest)
+        self.destroy(handle)
+        return (str(dest), *handle.spec.layers)
+
+    def _kill_processes(self, handle: SidecarHandle) -> None:
+        group = self._group(handle)
+        with contextlib.suppress(OSError):
+            group.thaw()
+        group.kill_all()
+
+    # -- exec --------------------------------------------------------------------------------
+
+    def exec(
+        self,
+        handle: SidecarHandle,
+        argv: list[str],
+        env: Mapping[str, str] | None = None,
+        cwd: str | None = None,
+        timeout: float | None = None,
+        stdin: bytes | None = None,
+    ) -> Execution:
+        if not argv:
+            raise RuntimeError_("nothing to run: give a command")
+        self._require_alive(handle)
+        group = self._group(handle)
+        if group.is_frozen():
+            group.thaw()
+        self._exec_seq += 1
+        exec_group = group.child(f"x{os.getpid()}-{self._exec_seq}-{time.monotonic_ns()}")
+        exec_group.create()
+        pid = handle.init_pid
+        ns_fds = [os.open(f"/proc/{pid}/ns/{ns}", os.O_RDONLY | os.O_CLOEXEC) for ns in NAMESPACES]
+        workdir = cwd or WORKSPACE
+        if not workdir.startswith("/"):
+            workdir = f"{WORKSPACE}/{workdir}"
+        full_env = self.sidecar_env(handle, env)
+        oom_before = group.oom_kills()
+        cpu_before = group.cpu_usage_s()
+        preexec = _enter_sidecar(exec_group.procs_files(), ns_fds, workdir, self._last_cap)
+
+        def popen(args: list[str], stdin_mode: int) -> subprocess.Popen[bytes]:
+            return subprocess.Popen(
+                args,
+                env=full_env,
+                stdin=stdin_mode,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                preexec_fn=preexec,
+                close_fds=True,
+            )
+
+        try:
+            proc = popen(argv, subprocess.PIPE if stdin is not None else subprocess.DEVNULL)
+        except (FileNotFoundError, PermissionError) as exc:
+            code, message = (
+                (127, "command not found")
+                if isinstance(exc, FileNotFoundError)
+                else (126, "permission denied")
+            )
+            script = f'echo "microbuild: {message}: $0" >&2; exit {code}'
+            proc = popen(["/bin/sh", "-c", script, argv[0]], subprocess.DEVNULL)
+        finally:
+            for fd in ns_fds:
+                os.close(fd)
+        if stdin is not None and proc.stdin is not None:
+            try:
+                proc.stdin.write(stdin)
+            except BrokenPipeError:
+                pass
+            finally:
+                proc.stdin.close()
+        started = time.monotonic()
+
+        def kill_tree() -> None:
+            with contextlib.suppress(cg.CgroupError, OSError):
+                exec_group.kill_all()
+
+        def finish(status: int, timed_out: bool) -> ExecResult:
+            with contextlib.suppress(cg.CgroupError, OSError):
+                exec_group.remove()
+            code, sig = exit_code_of(status)
+            oom = False
+            cpu = None
+            with contextlib.suppress(OSError, ValueError):
+                oom = group.oom_kills() > oom_before
+                cpu = group.cpu_usage_s() - cpu_before
+            return ExecResult(
+                exit_code=code,
+                signal=sig,
+                timed_out=timed_out,
+                oom_killed=oom,
+                duration_s=time.monotonic() - started,
+                cpu_s=cpu,
+            )
+
+        return Execution(proc, timeout, kill_tree, finish)
+
+
+def _enter_sidecar(
+    procs_files: list[str], ns_fds: list[int], workdir: str, last_cap: int
+) -> Callable[[], None]:
+    """The code run between fork and exec: join the cgroup and namespaces, then fork once more
+    so that the command is born inside the sidecar's pid namespace."""
+
+    def preexec() -> None:
+        for path in procs_files:
+            fd = os.open(path, os.O_WRONLY)
+            os.write(fd, b"0")
+            os.close(fd)
+        for fd in ns_fds:
+            linux.setns(fd, 0)
+        child = os.fork()
+        if child:
+            # The middle process: holds no pipe so that EOF means the command's tree is done.
+            os.closerange(0, 65536)
+            while True:
+                try:
+                    _, status = os.waitpid(child, 0)
+                    break
+                except ChildProcessError:
+                    os._exit(1)
+                except InterruptedError:
+                    continue
+            if os.WIFSIGNALED(status):
+                sig = os.WTERMSIG(status)
+                signal.signal(sig, signal.SIG_DFL)
+                os.kill(os.getpid(), sig)
+            os._exit(os.waitstatus_to_exitcode(status) if os.WIFEXITED(status) else 1)
+        os.setsid()
+        try:
+            os.chdir(workdir)
+        except OSError:
+            os.chdir("/")
+        linux.drop_capabilities(last_cap)
+
+    return preexec
+
+
+def _become_init(
+    root: str,
+    overlay: str,
+    binds: list[tuple[str, str]],
+    tmp_opts: str,
+    hostname: str,
+    spec: SidecarSpec,
+    report_fd: int,
+) -> None:  # pragma: no cover - runs as pid 1 of the new namespaces
+    os.setsid()
+    linux.mount(None, "/", None, linux.MS_REC | linux.MS_PRIVATE)
+    linux.mount("overlay", root, "overlay", 0, overlay)
+    for host, inside in binds:
+        linux.bind_readonly(host, root + inside)
+    for path in MASKED_FILES:
+        if os.path.isfile(root + path):
+            linux.bind_readonly("/dev/null", root + path)
+    for path in MASKED_DIRS:
+        if os.path.isdir(root + path):
+            linux.mount("tmpfs", root + path, "tmpfs", linux.MS_RDONLY, "size=4k,mode=755")
+    nosuid_nodev = linux.MS_NOSUID | linux.MS_NODEV
+    linux.mount("tmpfs", root + "/tmp", "tmpfs", nosuid_nodev, tmp_opts)
+    linux.mount("tmpfs", root + "/run", "tmpfs", nosuid_nodev, "size=16m,mode=755")
+    _make_dev(root + "/dev")
+    linux.mount("proc", root + "/proc", "proc", nosuid_nodev | linux.MS_NOEXEC)
+    for name in PROC_READONLY:
+        path = f"{root}/proc/{name}"
+        if os.path.exists(path):
+            linux.bind_readonly(path, path, recursive=os.path.isdir(path))
+    for name in PROC_MASKED:
+        path = f"{root}/proc/{name}"
+        if os.path.exists(path):
+            linux.bind_readonly("/dev/null", path)
+    linux.mount("sysfs", root + "/sys", "sysfs", nosuid_nodev | linux.MS_NOEXEC | linux.MS_RDONLY)
+    os.chdir(root)
+    linux.pivot_root(".", ".")
+    linux.umount(".", linux.MNT_DETACH)
+    os.chdir("/")
+    linux.sethostname(hostname)
+    if spec.network == "none":
+        linux.loopback_up()
+    os.write(report_fd, b"ready\n")
+    os.closerange(3, 65536)
+    devnull = os.open("/dev/null", os.O_RDWR)
+    for fd in (0, 1, 2):
+        os.dup2(devnull, fd)
+    os.execve("/bin/sh", ["microbuild-init", "-c", INIT_SCRIPT], {"PATH": DEFAULT_PATH})
+
+
+def _make_dev(dev: str) -> None:  # pragma: no cover - runs as pid 1 of the new namespaces
+    linux.mount("tmpfs", dev, "tmpfs", linux.MS_NOSUID | linux.MS_NOEXEC, "size=64k,mode=755")
+    for name in DEV_NODES:
+        target = f"{dev}/{name}"
+        os.close(os.open(target, os.O_CREAT | os.O_WRONLY, 0o666))
+        linux.mount(f"/dev/{name}", target, None, linux.MS_BIND)
+    os.mkdir(f"{dev}/pts")
+    linux.mount(
+        "devpts",
+        f"{dev}/pts",
+        "devpts",
+        linux.MS_NOSUID | linux.MS_NOEXEC,
+        "newinstance,ptmxmode=0666,mode=0620",
+    )
+    os.symlink("pts/ptmx", f"{dev}/ptmx")
+    os.mkdir(f"{dev}/shm")
+    linux.mount("tmpfs", f"{dev}/shm", "tmpfs", linux.MS_NOSUID | linux.MS_NODEV, "size=64m")
+    for name, target in (
+        ("fd", "/proc/self/fd"),
+        ("stdin", "/proc/self/fd/0"),
+        ("stdout", "/proc/self/fd/1"),
+        ("stderr", "/proc/self/fd/2"),
+    ):
+        os.symlink(target, f"{dev}/{name}")
+
+
+def _describe(exc: BaseException) -> str:
+    return str(exc).replace("\n", " ") or type(exc).__name__
+
+
+def _rss_bytes(pid: int) -> int:
+    try:
+        with open(f"/proc/{pid}/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, IndexError, ValueError):
+        return 0
+
+
+def _wait_gone(pid: int | None, start: int | None, timeout: float = 10) -> None:
+    if pid is None:
+        return
+    deadline = time.monotonic() + timeout
+    while linux.process_start_time(pid) == start and start is not None:
+        if time.monotonic() > deadline:
+            raise RuntimeError_(f"process {pid} did not exit after SIGKILL")
+        time.sleep(0.001)
+
+
+def _remove_tree(path: Path) -> None:
+    shutil.rmtree(path, ignore_errors=True)
+    if path.exists():
+        raise RuntimeError_(f"could not remove {path}; remove it by hand")
+
+
+def unavailable_reason() -> str | None:
+    """Why this machine cannot run namespace sidecars, or None when it can."""
+    if sys.platform != "linux":
+        return 'the namespace runtime needs Linux; use runtime = "process"'
+    if os.geteuid() != 0:
+        return (
+            "the namespace runtime needs root (mounts, cgroups); run as root, or use "
+            'runtime = "process" (no isolation)'
+        )
+    try:
+        with open("/proc/filesystems") as f:
+            if "overlay" not in f.read():
+                return "the kernel has no overlayfs; run `modprobe overlay`"
+    except OSError:
+        return "/proc is not mounted"
+    return None
