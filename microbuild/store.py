@@ -155,7 +155,8 @@ class Store:
 
     @staticmethod
     def _decode(row: sqlite3.Row) -> dict[str, Any]:
-        return {k: json.loads(row[k]) if k in _JSON_COLUMNS else row[k] for k in row}
+        keys = row.keys()  # iterating a Row yields values, not keys
+        return {k: json.loads(row[k]) if k in _JSON_COLUMNS else row[k] for k in keys}
 
     def _upsert(self, table: str, record: SnapshotRecord | SidecarRecord) -> None:
         values = self._encode(record)

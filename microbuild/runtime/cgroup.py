@@ -74,6 +74,17 @@ def _remove_cgroup_tree(path: Path) -> None:
         _rmdir_retrying(Path(dirpath))
 
 
+def _tree_pids(path: Path) -> list[int]:
+    """Processes in a cgroup and all its descendants (cgroup.procs lists only its own)."""
+    found: list[int] = []
+    for dirpath, _dirs, _files in os.walk(path):
+        try:
+            found.extend(int(x) for x in _read(Path(dirpath) / "cgroup.procs").split())
+        except FileNotFoundError:
+            continue
+    return found
+
+
 class Cgroup(ABC):
     """One cgroup, spanning every hierarchy the driver uses."""
 
@@ -99,7 +110,8 @@ class Cgroup(ABC):
         """Files a process writes "0" into to join this cgroup (safe between fork and exec)."""
 
     @abstractmethod
-    def pids(self) -> list[int]: ...
+    def pids(self) -> list[int]:
+        """Processes in this cgroup and its descendants."""
 
     @abstractmethod
     def freeze(self) -> None: ...
@@ -183,10 +195,7 @@ class CgroupV1(Cgroup):
         return [str(path / "cgroup.procs") for path in self.dirs.values()]
 
     def pids(self) -> list[int]:
-        try:
-            return [int(x) for x in _read(self.dirs["freezer"] / "cgroup.procs").split()]
-        except FileNotFoundError:
-            return []
+        return _tree_pids(self.dirs["freezer"])
 
     def freeze(self) -> None:
         state = self.dirs["freezer"] / "freezer.state"
@@ -206,7 +215,10 @@ class CgroupV1(Cgroup):
         return int(_read(self.dirs["memory"] / "memory.usage_in_bytes"))
 
     def oom_kills(self) -> int:
-        for line in _read(self.dirs["memory"] / "memory.oom_control").splitlines():
+        control = self.dirs["memory"] / "memory.oom_control"
+        if not control.exists():
+            return 0
+        for line in _read(control).splitlines():
             key, _, value = line.partition(" ")
             if key == "oom_kill":
                 return int(value)
@@ -257,10 +269,7 @@ class CgroupV2(Cgroup):
         return [str(self.path / "cgroup.procs")]
 
     def pids(self) -> list[int]:
-        try:
-            return [int(x) for x in _read(self.path / "cgroup.procs").split()]
-        except FileNotFoundError:
-            return []
+        return _tree_pids(self.path)
 
     def _events(self) -> dict[str, str]:
         pairs = (line.split(" ", 1) for line in _read(self.path / "cgroup.events").splitlines())

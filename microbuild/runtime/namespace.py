@@ -383,13 +383,15 @@ class NamespaceRuntime(Runtime):
                 exec_group.kill_all()
 
         def finish(status: int, timed_out: bool) -> ExecResult:
-            with contextlib.suppress(cg.CgroupError, OSError):
-                exec_group.remove()
-            code, sig = exit_code_of(status)
             oom = False
             cpu = None
             with contextlib.suppress(OSError, ValueError):
-                oom = group.oom_kills() > oom_before
+                # v1 counts an OOM kill in the victim's own cgroup, v2 also in its ancestors.
+                oom = exec_group.oom_kills() > 0 or group.oom_kills() > oom_before
+            with contextlib.suppress(cg.CgroupError, OSError):
+                exec_group.remove()
+            code, sig = exit_code_of(status)
+            with contextlib.suppress(OSError, ValueError):
                 cpu = group.cpu_usage_s() - cpu_before
             return ExecResult(
                 exit_code=code,
@@ -430,7 +432,8 @@ def _enter_sidecar(
                     continue
             if os.WIFSIGNALED(status):
                 sig = os.WTERMSIG(status)
-                signal.signal(sig, signal.SIG_DFL)
+                with contextlib.suppress(OSError, ValueError):
+                    signal.signal(sig, signal.SIG_DFL)
                 os.kill(os.getpid(), sig)
             os._exit(os.waitstatus_to_exitcode(status) if os.WIFEXITED(status) else 1)
         os.setsid()

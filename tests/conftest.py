@@ -1,0 +1,154 @@
+"""Shared fixtures. Isolation tests need root, namespaces and cgroups: elsewhere they skip,
+but with MICROBUILD_REQUIRE_ISOLATION=1 (as .ci/run sets) a skip of theirs is a failure."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from microbuild.runtime import Limits, SidecarHandle, SidecarSpec
+
+REQUIRE_ISOLATION = os.environ.get("MICROBUILD_REQUIRE_ISOLATION") == "1"
+
+
+def isolation_unavailable() -> str | None:
+    from microbuild.runtime import cgroup
+    from microbuild.runtime.namespace import unavailable_reason
+
+    reason = unavailable_reason()
+    if reason:
+        return reason
+    try:
+        cgroup.sidecar_root()
+    except (cgroup.CgroupError, OSError) as exc:
+        return f"cgroups unavailable: {exc}"
+    return None
+
+
+def need_isolation() -> None:
+    reason = isolation_unavailable()
+    if reason:
+        if REQUIRE_ISOLATION:
+            pytest.fail(f"MICROBUILD_REQUIRE_ISOLATION=1 but isolation is unavailable: {reason}")
+        pytest.skip(reason)
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
+    outcome = yield
+    report = outcome.get_result()  # type: ignore[attr-defined]
+    if REQUIRE_ISOLATION and report.skipped and item.get_closest_marker("isolation"):
+        report.outcome = "failed"
+        report.longrepr = (
+            f"isolation test skipped under MICROBUILD_REQUIRE_ISOLATION=1: {report.longrepr}"
+        )
+
+
+@pytest.fixture
+def state_dir() -> Iterator[Path]:
+    # Not under pytest's tmp_path: its long names are fine, but keep overlay option strings short.
+    path = Path(tempfile.mkdtemp(prefix="mbt-", dir="/var/tmp"))
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture
+def layer(state_dir: Path) -> Path:
+    """A hand-made snapshot layer: what a sidecar sees at its root."""
+    path = state_dir / "layer"
+    (path / "workspace" / "pkg").mkdir(parents=True)
+    (path / "workspace" / "hello.txt").write_text("hello from the snapshot\n")
+    (path / "workspace" / "pkg" / "__init__.py").write_text("VALUE = 42\n")
+    return path
+
+
+@pytest.fixture
+def namespace_runtime(state_dir: Path) -> Iterator[object]:
+    need_isolation()
+    from microbuild.runtime.namespace import NamespaceRuntime
+
+    yield NamespaceRuntime(state_dir)
+
+
+SidecarFactory = Callable[..., SidecarHandle]
+
+
+@pytest.fixture
+def make_sidecar(namespace_runtime: object, layer: Path) -> Iterator[SidecarFactory]:
+    """Create namespace sidecars from `layer`; every one is destroyed at teardown."""
+    from microbuild.runtime.namespace import NamespaceRuntime
+
+    assert isinstance(namespace_runtime, NamespaceRuntime)
+    made: list[SidecarHandle] = []
+    counter = iter(range(1000))
+
+    def make(
+        network: str = "none",
+        memory: int = 512 << 20,
+        pids: int = 256,
+        cpus: float | None = 1.0,
+        **kwargs: object,
+    ) -> SidecarHandle:
+        spec = SidecarSpec(
+            layers=(str(layer),),
+            network=network,  # type: ignore[arg-type]
+            limits=Limits(memory=memory, pids=pids, cpus=cpus),
+            **kwargs,  # type: ignore[arg-type]
+        )
+        handle = namespace_runtime.create(f"sc_t{os.getpid()}x{next(counter)}", spec)
+        made.append(handle)
+        return handle
+
+    yield make
+    for handle in made:
+        namespace_runtime.destroy(handle)
+
+
+def git(root: Path, *args: str) -> str:
+    import subprocess
+
+    return subprocess.run(
+        ["git", "-C", str(root), "-c", "user.name=t", "-c", "user.email=t@example.com", *args],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout
+
+
+def write_project(root: Path, config: str, files: dict[str, str] | None = None) -> Path:
+    """A small committed git repository with a microbuild.toml."""
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "microbuild.toml").write_text(config)
+    for name, text in (files or {}).items():
+        path = root / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+    git(root, "init", "-q")
+    git(root, "add", "-A")
+    git(root, "commit", "-qm", "initial")
+    return root
+
+
+TINY_CONFIG = """
+[snapshot]
+setup = ["cat requirements.txt > installed.txt", "echo built-once >> installed.txt"]
+inputs = ["requirements.txt"]
+
+[sidecar]
+memory = "256MiB"
+pids = 128
+"""
+
+
+@pytest.fixture
+def tiny_project(tmp_path: Path) -> Path:
+    return write_project(
+        tmp_path / "proj",
+        TINY_CONFIG,
+        {"requirements.txt": "dep==1\n", "src/app.py": "print('app')\n"},
+    )
