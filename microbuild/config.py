@@ -30,6 +30,8 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
+from microbuild.errors import ConfigError
+
 __all__ = [
     "CONFIG_FILENAME",
     "PYPROJECT_FILENAME",
@@ -52,34 +54,6 @@ KiB = 1024
 MiB = 1024 * KiB
 GiB = 1024 * MiB
 TiB = 1024 * GiB
-
-
-class ConfigError(Exception):
-    """One-line, human error: names the file, the line (when known) and the key, and what to do.
-
-    ``key`` is the dotted path of the offending key inside the microbuild config, with
-    0-based array indices in brackets (``"sidecar.memory"``, ``"check[1].command"``).
-    """
-
-    def __init__(
-        self,
-        message: str,
-        *,
-        path: Path | None = None,
-        line: int | None = None,
-        key: str | None = None,
-    ) -> None:
-        self.message = message
-        self.path = path
-        self.line = line
-        self.key = key
-        super().__init__(_prefix(path, line) + message)
-
-
-def _prefix(path: Path | None, line: int | None) -> str:
-    if path is None:
-        return ""
-    return f"{path.name}:{line}: " if line is not None else f"{path.name}: "
 
 
 # ---------------------------------------------------------------------------

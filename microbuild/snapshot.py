@@ -26,36 +26,21 @@ from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from microbuild.config import Project
+if TYPE_CHECKING:
+    from microbuild.config import Project
+from microbuild.errors import SetupFailed, SnapshotError
 from microbuild.runtime import Limits, Runtime, RuntimeError_, SidecarHandle, SidecarSpec
 from microbuild.store import SnapshotRecord, Store
 
 KEY_VERSION = 1
 TAIL_LINES = 20
 
+__all__ = ["SetupFailed", "SnapshotError", "build", "prune", "snapshot_key", "spec_for"]
+
 Progress = Callable[[str], None]
 Output = Callable[[bytes], None]
-
-
-class SnapshotError(Exception):
-    """A snapshot cannot be built; the message says why and what to do."""
-
-
-class SetupFailed(SnapshotError):
-    """A setup command exited non-zero (or timed out); carries its last output lines."""
-
-    def __init__(self, command: str, exit_code: int, tail: list[str], timed_out: bool) -> None:
-        self.command = command
-        self.exit_code = exit_code
-        self.tail = tail
-        self.timed_out = timed_out
-        what = "timed out" if timed_out else f"exited {exit_code}"
-        super().__init__(f"snapshot setup command `{command}` {what}")
-
-    def details(self) -> str:
-        lines = [str(self), *(f"  | {line}" for line in self.tail)]
-        return "\n".join(lines)
 
 
 @dataclass(frozen=True)

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from microbuild.config import Project, find_project
-from microbuild.host.manager import SidecarManager
+if TYPE_CHECKING:
+    from microbuild.config import Project
+    from microbuild.host.manager import SidecarManager
 
 
 class AppContext:
@@ -17,10 +19,14 @@ class AppContext:
     @property
     def manager(self) -> SidecarManager:
         if self._manager is None:
+            from microbuild.host.manager import SidecarManager
+
             self._manager = SidecarManager(self.state_dir)
         return self._manager
 
     def project(self) -> Project:
+        from microbuild.config import find_project
+
         return find_project((self.project_dir or Path.cwd()).absolute())
 
     def close(self) -> None:

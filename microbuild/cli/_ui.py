@@ -8,14 +8,24 @@ import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
-from rich.console import Console
-from rich.status import Status
 
-stdout = Console(highlight=False)
-stderr = Console(stderr=True, highlight=False)
+if TYPE_CHECKING:
+    from rich.console import Console, RenderableType
+    from rich.status import Status
+
+
+def console(err: bool = False) -> Console:
+    """rich is imported only when something is shown to a person: agents' calls stay fast."""
+    from rich.console import Console
+
+    return Console(stderr=err, highlight=False)
+
+
+def show(renderable: RenderableType) -> None:
+    console().print(renderable)
 
 
 def emit_json(data: Any) -> None:
@@ -60,7 +70,7 @@ class Progress:
             return
         if self._status is not None:
             self._status.update(message)
-            stderr.print(f"[dim]·[/dim] {message}")
+            console(err=True).print(f"[dim]·[/dim] {message}")
         else:
             click.echo(f"microbuild: {message}", err=True)
 
@@ -74,7 +84,7 @@ class Progress:
         if self.quiet or not interactive() or self.verbose:
             yield self
             return
-        with stderr.status("working…") as status:
+        with console(err=True).status("working…") as status:
             self._status = status
             try:
                 yield self

@@ -10,9 +10,8 @@ from typing import Any
 import click
 
 from microbuild import __version__
-from microbuild.config import ConfigError
-from microbuild.runtime import RuntimeError_
-from microbuild.snapshot import SetupFailed, SnapshotError
+from microbuild.errors import ConfigError, SetupFailed, SnapshotError
+from microbuild.runtime.base import RuntimeError_
 from microbuild.store import NotFound, StoreError
 
 EXIT_FAILED = 1

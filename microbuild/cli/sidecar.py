@@ -6,10 +6,9 @@ import sys
 from typing import Any
 
 import click
-from rich.table import Table
 
 from microbuild.cli._context import AppContext
-from microbuild.cli._ui import Progress, age, emit_json, stdout
+from microbuild.cli._ui import Progress, age, emit_json, show
 from microbuild.runtime.process import WARNING as PROCESS_WARNING
 from microbuild.store import SidecarRecord
 
@@ -67,6 +66,8 @@ def list_(app: AppContext, all_projects: bool, as_json: bool) -> None:
     if as_json:
         emit_json([sidecar_json(r) for r in records])
         return
+    from rich.table import Table
+
     table = Table(box=None, header_style="bold")
     for col in ("ID", "STATE", "RUNTIME", "SNAPSHOT", "CREATED", "USED", "PROJECT"):
         table.add_column(col, no_wrap=col in ("ID", "SNAPSHOT"))
@@ -81,7 +82,7 @@ def list_(app: AppContext, all_projects: bool, as_json: bool) -> None:
             f"{age(r.last_used_at)} ago",
             r.project,
         )
-    stdout.print(table if records else "no sidecars")
+    show(table if records else "no sidecars")
 
 
 def _parse_env(pairs: tuple[str, ...]) -> dict[str, str]:

@@ -5,10 +5,9 @@ from __future__ import annotations
 from typing import Any
 
 import click
-from rich.table import Table
 
 from microbuild.cli._context import AppContext
-from microbuild.cli._ui import Progress, age, emit_json, size, stdout
+from microbuild.cli._ui import Progress, age, emit_json, show, size
 from microbuild.store import SnapshotRecord
 
 
@@ -72,6 +71,8 @@ def list_(app: AppContext, all_projects: bool, as_json: bool) -> None:
     if as_json:
         emit_json([snapshot_json(r) for r in records])
         return
+    from rich.table import Table
+
     table = Table(box=None, header_style="bold")
     for col in ("ID", "STATE", "RUNTIME", "SIZE", "BUILD", "BASE", "USED", "PROJECT"):
         table.add_column(col, no_wrap=col in ("ID", "SNAPSHOT"))
@@ -86,7 +87,7 @@ def list_(app: AppContext, all_projects: bool, as_json: bool) -> None:
             f"{age(r.last_used_at)} ago",
             r.project,
         )
-    stdout.print(table if records else "no snapshots")
+    show(table if records else "no snapshots")
 
 
 @snapshot.command()

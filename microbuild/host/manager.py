@@ -10,9 +10,9 @@ import secrets
 import time
 from collections.abc import Mapping
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from microbuild import snapshot
-from microbuild.config import Project
 from microbuild.runtime import (
     Execution,
     Runtime,
@@ -24,6 +24,9 @@ from microbuild.runtime import (
     resolve_runtime_name,
 )
 from microbuild.store import SidecarRecord, SnapshotRecord, Store, default_state_dir
+
+if TYPE_CHECKING:
+    from microbuild.config import Project
 
 
 class SidecarDead(RuntimeError_):
