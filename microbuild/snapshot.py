@@ -62,9 +62,17 @@ def _git(root: Path, *args: str, env: dict[str, str] | None = None) -> str:
     except FileNotFoundError as exc:
         raise SnapshotError("git is not installed; install git (apt-get install git)") from exc
     if proc.returncode != 0:
-        detail = proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else ""
-        raise SnapshotError(f"git {args[0]} failed in {root}: {detail}")
+        raise SnapshotError(_git_failure(root, args[0], proc.stderr))
     return proc.stdout.strip()
+
+
+def _git_failure(root: Path, command: str, stderr: str) -> str:
+    lines = [line for line in stderr.strip().splitlines() if line.strip()]
+    fatal = [line for line in lines if line.startswith(("fatal:", "error:"))]
+    detail = (fatal or lines or ["(no message)"])[0]
+    if "safe.directory" in stderr:
+        detail += f"; if you trust it: git config --global --add safe.directory {root}"
+    return f"git {command} failed in {root}: {detail}"
 
 
 def input_files(project: Project) -> list[Path]:
@@ -124,12 +132,19 @@ def _lock(path: Path) -> Iterator[None]:
 
 def _write_source(project: Project, dest: Path, inputs: list[Path]) -> tuple[str, str]:
     """Export HEAD plus the working tree's input files; return (base commit, its tree id)."""
-    try:
-        commit = _git(project.root, "rev-parse", "--verify", "HEAD^{commit}")
-    except SnapshotError as exc:
+    head = subprocess.run(
+        ["git", "-C", str(project.root), "rev-parse", "--verify", "-q", "HEAD^{commit}"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if head.returncode != 0 and not head.stderr.strip():
         raise SnapshotError(
             f"{project.root} has no commit yet; commit once so the snapshot has a base commit"
-        ) from exc
+        )
+    if head.returncode != 0:
+        raise SnapshotError(_git_failure(project.root, "rev-parse", head.stderr))
+    commit = head.stdout.strip()
     dest.mkdir(parents=True, exist_ok=True)
     archive = subprocess.Popen(
         ["git", "-C", str(project.root), "archive", "--format=tar", commit],
@@ -305,14 +320,31 @@ def prune(
     keep = {s.id for s in newest.values()} if keep_latest else set()
     removed = []
     for snap in snapshots:
-        if snap.id in used or snap.id in keep or snap.state == "building":
+        if snap.id in used or snap.id in keep:
             continue
         runtime = runtimes.get(snap.runtime)
-        base = runtime.state_dir if runtime else None
-        if base is not None:
-            shutil.rmtree(base / "snapshots" / snap.id, ignore_errors=True)
-            with contextlib.suppress(FileNotFoundError):
-                (base / "snapshots" / f"{snap.id}.lock").unlink()
+        if runtime is None:
+            continue
+        snapshots_dir = runtime.state_dir / "snapshots"
+        lock = snapshots_dir / f"{snap.id}.lock"
+        if snap.state == "building" and _lock_held(lock):
+            continue  # a build is running; a "building" record whose lock is free is stale
+        shutil.rmtree(snapshots_dir / snap.id, ignore_errors=True)
+        with contextlib.suppress(FileNotFoundError):
+            lock.unlink()
         store.delete_snapshot(snap.id)
         removed.append(snap)
     return removed
+
+
+def _lock_held(path: Path) -> bool:
+    try:
+        with open(path, "a") as f:
+            try:
+                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return True
+            fcntl.flock(f, fcntl.LOCK_UN)
+            return False
+    except OSError:
+        return False

@@ -167,3 +167,28 @@ def test_project_without_commit_is_a_clear_error(manager: SidecarManager, tmp_pa
     git(root, "init", "-q")
     with pytest.raises(SnapshotError, match="no commit yet"):
         manager.build_snapshot(find_project(root), runtime=_rt(manager))
+
+
+def test_prune_removes_stale_building_records(manager: SidecarManager, tiny_project: Path) -> None:
+    """A build killed outright leaves a `building` record; prune cleans it, a live build not."""
+    import fcntl
+
+    from microbuild.store import SnapshotRecord
+
+    stale = SnapshotRecord(
+        id="sn_stale", key="k", project="/gone", runtime=_rt(manager), state="building"
+    )
+    live = SnapshotRecord(
+        id="sn_live", key="k2", project="/gone2", runtime=_rt(manager), state="building"
+    )
+    manager.store.put_snapshot(stale)
+    manager.store.put_snapshot(live)
+    snapshots_dir = manager.state_dir / "snapshots"
+    snapshots_dir.mkdir(parents=True, exist_ok=True)
+    (snapshots_dir / "sn_stale").mkdir()
+    with open(snapshots_dir / "sn_live.lock", "w") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)
+        removed = manager.prune_snapshots(keep_latest=False)
+    assert [r.id for r in removed] == ["sn_stale"]
+    assert not (snapshots_dir / "sn_stale").exists()
+    assert [s.id for s in manager.list_snapshots()] == ["sn_live"]

@@ -300,7 +300,7 @@ class NamespaceRuntime(Runtime):
         upper = Path(handle.dir) / "upper"
         self._kill_processes(handle)
         _wait_gone(handle.init_pid, handle.init_start)
-        for scratch in ("tmp", "var/tmp", "run", "dev", "proc", "sys"):
+        for scratch in ("tmp", "var/tmp", "run", "dev", "proc", "sys", "root/.cache/pip"):
             path = upper / scratch
             if path.is_dir() and not path.is_symlink():
                 shutil.rmtree(path, ignore_errors=True)

@@ -105,7 +105,8 @@ class ProcessRuntime(Runtime):
 
     def freeze(self, handle: SidecarHandle, dest: Path) -> tuple[str, ...]:
         root = self._root(handle)
-        shutil.rmtree(root / "tmp", ignore_errors=True)
+        for scratch in ("tmp", "home/.cache/pip"):
+            shutil.rmtree(root / scratch, ignore_errors=True)
         dest.parent.mkdir(parents=True, exist_ok=True)
         root.rename(dest)
         self.destroy(handle)
