@@ -33,7 +33,11 @@ def _spawn_counter(group: cg.Cgroup, counter: Path) -> subprocess.Popen[bytes]:
             os.write(fd, b"0")
             os.close(fd)
 
-    script = f"i=0; while true; do i=$((i+1)); echo $i > {counter}; sleep 0.01; done"
+    # Write then rename: a freeze must never catch the file truncated and empty.
+    script = (
+        f"i=0; while true; do i=$((i+1)); echo $i > {counter}.tmp; "
+        f"mv {counter}.tmp {counter}; sleep 0.01; done"
+    )
     return subprocess.Popen(["/bin/sh", "-c", script], preexec_fn=join)
 
 

@@ -224,7 +224,7 @@ def test_suspend_stops_progress_and_resume_continues(
         [
             "/bin/sh",
             "-c",
-            "i=0; while true; do i=$((i+1)); echo $i > /workspace/n; sleep 0.01; done",
+            "i=0; while true; do i=$((i+1)); echo $i > n.tmp; mv n.tmp n; sleep 0.01; done",
         ],
         timeout=60,
     )
@@ -370,3 +370,27 @@ def test_orphans_are_reaped_by_init(
     time.sleep(0.6)
     _code, out = run(namespace_runtime, h, "grep -l '^State:.*Z' /proc/[0-9]*/status || true")
     assert out.strip() == ""
+
+
+def test_missing_cwd_is_an_error_not_a_silent_fallback(
+    namespace_runtime: NamespaceRuntime, make_sidecar: SidecarFactory
+) -> None:
+    h = make_sidecar()
+    with pytest.raises(RuntimeError_, match="no directory /workspace/nope"):
+        namespace_runtime.exec(h, ["pwd"], cwd="nope")
+    assert run(namespace_runtime, h, "pwd")[1].strip() == "/workspace"
+
+
+def test_empty_cgroup_root_is_removed_after_last_destroy(
+    namespace_runtime: NamespaceRuntime, make_sidecar: SidecarFactory
+) -> None:
+    root = namespace_runtime.cgroup_root
+    if not isinstance(root, cg.CgroupV1):
+        pytest.skip("the v2 root is shared and kept")
+    h = make_sidecar()
+    memory_root = root.dirs["memory"]
+    assert memory_root.is_dir()
+    others = [p for p in memory_root.iterdir() if p.is_dir() and p.name != h.id]
+    namespace_runtime.destroy(h)
+    if not others:  # another test run may share the root; then it must stay
+        assert not memory_root.exists()

@@ -94,7 +94,8 @@ class Cgroup(ABC):
     def to_json(self) -> dict[str, object]: ...
 
     @abstractmethod
-    def child(self, name: str) -> Cgroup: ...
+    def child(self, name: str, only: tuple[str, ...] | None = None) -> Cgroup:
+        """A child cgroup; with `only`, just those (v1) controllers get a child of their own."""
 
     @abstractmethod
     def create(self) -> None: ...
@@ -149,6 +150,9 @@ class Cgroup(ABC):
         self.thaw()
         _wait_until(lambda: not self.pids(), timeout, "empty")
 
+    def prune_empty(self) -> None:  # noqa: B027 - optional: v2 keeps its root
+        """Remove this cgroup's own directories if nothing lives in them (never raises)."""
+
     def remove(self) -> None:
         """Kill what is left, then remove the cgroup's directories, children first."""
         if self.exists() and self.pids():
@@ -159,18 +163,31 @@ class Cgroup(ABC):
 class CgroupV1(Cgroup):
     version = 1
 
-    def __init__(self, dirs: dict[str, str]) -> None:
+    def __init__(self, dirs: dict[str, str], owned: tuple[str, ...] | None = None) -> None:
         self.dirs = {name: Path(path) for name, path in dirs.items()}
+        # Controllers whose directory belongs to this cgroup; the others are its parent's.
+        self.owned = tuple(self.dirs) if owned is None else owned
 
     def to_json(self) -> dict[str, object]:
-        return {"version": 1, "dirs": {k: str(v) for k, v in self.dirs.items()}}
+        return {
+            "version": 1,
+            "dirs": {k: str(v) for k, v in self.dirs.items()},
+            "owned": list(self.owned),
+        }
 
-    def child(self, name: str) -> CgroupV1:
-        return CgroupV1({k: str(v / name) for k, v in self.dirs.items()})
+    def child(self, name: str, only: tuple[str, ...] | None = None) -> CgroupV1:
+        owned = tuple(self.dirs) if only is None else only
+        dirs = {k: str(v / name if k in owned else v) for k, v in self.dirs.items()}
+        return CgroupV1(dirs, owned)
 
     def create(self) -> None:
-        for path in self.dirs.values():
-            path.mkdir(parents=True, exist_ok=True)
+        for name in self.owned:
+            self.dirs[name].mkdir(parents=True, exist_ok=True)
+
+    def prune_empty(self) -> None:
+        for name in self.owned:
+            with contextlib.suppress(OSError):
+                self.dirs[name].rmdir()
 
     def exists(self) -> bool:
         return self.dirs["freezer"].is_dir()
@@ -225,8 +242,8 @@ class CgroupV1(Cgroup):
         return 0
 
     def _remove_dirs(self) -> None:
-        for path in self.dirs.values():
-            _remove_cgroup_tree(path)
+        for name in self.owned:
+            _remove_cgroup_tree(self.dirs[name])
 
 
 class CgroupV2(Cgroup):
@@ -239,7 +256,7 @@ class CgroupV2(Cgroup):
     def to_json(self) -> dict[str, object]:
         return {"version": 2, "path": str(self.path), "controllers": list(self.controllers)}
 
-    def child(self, name: str) -> CgroupV2:
+    def child(self, name: str, only: tuple[str, ...] | None = None) -> CgroupV2:
         return CgroupV2(str(self.path / name), self.controllers)
 
     def create(self) -> None:
@@ -324,7 +341,11 @@ def from_json(data: dict[str, object]) -> Cgroup:
         return CgroupV2(str(data["path"]), tuple(controllers))  # type: ignore[arg-type]
     dirs = data["dirs"]
     assert isinstance(dirs, dict)
-    return CgroupV1({str(k): str(v) for k, v in dirs.items()})
+    owned = data.get("owned")
+    return CgroupV1(
+        {str(k): str(v) for k, v in dirs.items()},
+        None if not isinstance(owned, list) else tuple(str(o) for o in owned),
+    )
 
 
 def _mounts() -> list[tuple[str, str, list[str]]]:

@@ -9,6 +9,7 @@ namespaces alive between commands; commands join them with setns and a fork.
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import os
 import shutil
@@ -49,6 +50,7 @@ INIT_SCRIPT = "while :; do sleep 2147483647 & wait; done"
 OVERLAY_OPTIONS = "index=off,xino=off,redirect_dir=off,metacopy=off"
 
 
+@functools.cache
 def _python_prefix() -> str:
     return os.path.realpath(sys.base_prefix)
 
@@ -144,7 +146,10 @@ class NamespaceRuntime(Runtime):
             (sdir / sub).mkdir(exist_ok=True)
         group = self.cgroup_root.child(sidecar_id)
         try:
-            group.create()
+            try:
+                group.create()
+            except FileNotFoundError:  # a concurrent destroy pruned the empty root just now
+                group.create()
             group.set_limits(spec.limits)
         except (OSError, cg.CgroupError) as exc:
             with contextlib.suppress(Exception):
@@ -266,6 +271,7 @@ class NamespaceRuntime(Runtime):
                 os.kill(handle.init_pid, signal.SIGKILL)
         if group is not None:
             group.remove()
+            self.cgroup_root.prune_empty()
         if handle.init_pid is not None:
             _wait_gone(handle.init_pid, handle.init_start)
         _remove_tree(Path(handle.dir))
@@ -332,14 +338,26 @@ class NamespaceRuntime(Runtime):
         group = self._group(handle)
         if group.is_frozen():
             group.thaw()
-        self._exec_seq += 1
-        exec_group = group.child(f"x{os.getpid()}-{self._exec_seq}-{time.monotonic_ns()}")
-        exec_group.create()
         pid = handle.init_pid
-        ns_fds = [os.open(f"/proc/{pid}/ns/{ns}", os.O_RDONLY | os.O_CLOEXEC) for ns in NAMESPACES]
         workdir = cwd or WORKSPACE
         if not workdir.startswith("/"):
             workdir = f"{WORKSPACE}/{workdir}"
+        if not os.path.isdir(f"/proc/{pid}/root{workdir}"):
+            raise RuntimeError_(f"no directory {workdir} in sidecar {handle.id}")
+        self._exec_seq += 1
+        # Only the freezer (to kill the tree) and memory (to attribute OOM kills) need a child
+        # cgroup per command; limits and accounting stay on the sidecar's own cgroup.
+        exec_group = group.child(
+            f"x{os.getpid()}-{self._exec_seq}-{time.monotonic_ns()}", only=("freezer", "memory")
+        )
+        exec_group.create()
+        try:
+            ns_fds = [
+                os.open(f"/proc/{pid}/ns/{ns}", os.O_RDONLY | os.O_CLOEXEC) for ns in NAMESPACES
+            ]
+        except OSError as exc:
+            exec_group.remove()
+            raise SidecarGone(f"sidecar {handle.id} died: {exc.strerror}") from exc
         full_env = self.sidecar_env(handle, env)
         oom_before = group.oom_kills()
         cpu_before = group.cpu_usage_s()
@@ -366,6 +384,12 @@ class NamespaceRuntime(Runtime):
             )
             script = f'echo "microbuild: {message}: $0" >&2; exit {code}'
             proc = popen(["/bin/sh", "-c", script, argv[0]], subprocess.DEVNULL)
+        except BaseException as exc:
+            with contextlib.suppress(cg.CgroupError, OSError):
+                exec_group.remove()
+            if isinstance(exc, subprocess.SubprocessError):
+                raise SidecarGone(f"cannot enter sidecar {handle.id}: {exc}") from exc
+            raise
         finally:
             for fd in ns_fds:
                 os.close(fd)

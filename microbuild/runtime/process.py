@@ -17,6 +17,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from microbuild.runtime.base import (
+    WORKSPACE,
     ExecResult,
     Execution,
     Runtime,
@@ -112,6 +113,23 @@ class ProcessRuntime(Runtime):
         self.destroy(handle)
         return (str(dest),)
 
+    def _workdir(self, handle: SidecarHandle, workspace: Path, cwd: str | None) -> Path:
+        """Paths are the sidecar's: /workspace/... or relative to it; nothing else exists here."""
+        if cwd is None:
+            return workspace
+        if cwd.startswith("/"):
+            rel = os.path.relpath(cwd, WORKSPACE)
+            if rel.startswith(".."):
+                raise RuntimeError_(
+                    f"cwd {cwd} is outside /workspace; the process runtime has no other paths"
+                )
+        else:
+            rel = cwd
+        workdir = (workspace / rel).resolve()
+        if not workdir.is_relative_to(workspace.resolve()) or not workdir.is_dir():
+            raise RuntimeError_(f"no directory {cwd} in sidecar {handle.id}")
+        return workdir
+
     def exec(
         self,
         handle: SidecarHandle,
@@ -125,7 +143,7 @@ class ProcessRuntime(Runtime):
             raise RuntimeError_("nothing to run: give a command")
         workspace = self.workspace(handle)
         self.resume(handle)
-        workdir = workspace if cwd is None else workspace / cwd.removeprefix("/workspace/")
+        workdir = self._workdir(handle, workspace, cwd)
         full_env = self.sidecar_env(handle, env)
         kwargs: dict[str, object] = {
             "env": full_env,
