@@ -14,6 +14,7 @@ import hashlib
 import os
 import shutil
 import signal
+import stat
 import subprocess
 import sys
 import time
@@ -43,7 +44,14 @@ MASKED_FILES = ("/etc/shadow", "/etc/gshadow", "/etc/shadow-", "/etc/gshadow-")
 MASKED_DIRS = ("/etc/ssh", "/etc/sudoers.d")
 PROC_READONLY = ("sys", "sysrq-trigger", "irq", "bus", "fs")
 PROC_MASKED = ("kcore", "keys", "timer_list", "sched_debug")
-DEV_NODES = ("null", "zero", "full", "random", "urandom", "tty")
+DEV_NODES = {
+    "null": (1, 3),
+    "zero": (1, 5),
+    "full": (1, 7),
+    "random": (1, 8),
+    "urandom": (1, 9),
+    "tty": (5, 0),
+}
 NAMESPACES = ("ipc", "uts", "net", "pid", "mnt")
 # pid 1 of a sidecar: the shell's `wait` reaps every child, orphans included.
 INIT_SCRIPT = "while :; do sleep 2147483647 & wait; done"
@@ -75,6 +83,7 @@ class NamespaceRuntime(Runtime):
             raise RuntimeUnavailable(f"cgroups unavailable: {exc}") from exc
         self._last_cap = linux.last_capability()
         self._exec_seq = 0
+        self._layouts: dict[tuple[object, ...], tuple[str, list[tuple[str, str]]]] = {}
 
     # -- layout ------------------------------------------------------------------------------
 
@@ -134,13 +143,25 @@ class NamespaceRuntime(Runtime):
 
     # -- lifecycle ---------------------------------------------------------------------------
 
+    def _layout(self, spec: SidecarSpec) -> tuple[str, list[tuple[str, str]]]:
+        """(bottom layer, bind mounts) for a spec; computed once per distinct layout."""
+        key = (spec.rootfs, spec.expose, spec.network)
+        if key not in self._layouts:
+            binds = self._exposed(spec)
+            self._layouts[key] = (self._skeleton(spec), binds)
+        bottom, binds = self._layouts[key]
+        if not os.path.isdir(bottom):
+            del self._layouts[key]
+            return self._layout(spec)
+        return bottom, binds
+
     def create(self, sidecar_id: str, spec: SidecarSpec) -> SidecarHandle:
         sdir = self.sidecars_dir / sidecar_id
         for layer in spec.layers:
             if not os.path.isdir(layer):
                 raise RuntimeError_(f"snapshot layer {layer} is missing; rebuild the snapshot")
-        lower = ":".join([*spec.layers, self._skeleton(spec)])
-        binds = self._exposed(spec)
+        bottom, binds = self._layout(spec)
+        lower = ":".join([*spec.layers, bottom])
         sdir.mkdir(parents=True, exist_ok=True)
         for sub in ("upper", "work", "root"):
             (sdir / sub).mkdir(exist_ok=True)
@@ -521,10 +542,9 @@ def _become_init(
 
 def _make_dev(dev: str) -> None:  # pragma: no cover - runs as pid 1 of the new namespaces
     linux.mount("tmpfs", dev, "tmpfs", linux.MS_NOSUID | linux.MS_NOEXEC, "size=64k,mode=755")
-    for name in DEV_NODES:
-        target = f"{dev}/{name}"
-        os.close(os.open(target, os.O_CREAT | os.O_WRONLY, 0o666))
-        linux.mount(f"/dev/{name}", target, None, linux.MS_BIND)
+    for name, (major, minor) in DEV_NODES.items():
+        os.mknod(f"{dev}/{name}", 0o666 | stat.S_IFCHR, os.makedev(major, minor))
+        os.chmod(f"{dev}/{name}", 0o666)
     os.mkdir(f"{dev}/pts")
     linux.mount(
         "devpts",
