@@ -1,10 +1,11 @@
 """Snapshots: a project's dependencies installed once, frozen, and shared by every sidecar.
 
-A snapshot is built by running the project's `[snapshot] setup` commands in a sidecar that has
-the network, on the repository at its base commit (HEAD, with the input files as they are in
-the working tree). What the commands wrote becomes a read-only layer. The snapshot is addressed
-by a hash of the setup commands, the input files' contents and the runtime, so an unchanged
-lockfile finds the snapshot it built last time.
+A client describes the snapshot it needs (`SnapshotRequest`: setup commands, the input files'
+digests, the sidecar settings) and, when the host has none, uploads the source: the repository
+at its base commit plus the input files as they are in the working tree. The host runs the
+setup commands in a sidecar that has the network, and what they wrote becomes a read-only
+layer. A snapshot is addressed by a hash of the setup commands, the inputs' digests and the
+runtime, so an unchanged lockfile finds the snapshot it built last time.
 """
 
 from __future__ import annotations
@@ -17,19 +18,16 @@ import os
 import platform
 import secrets
 import shutil
-import subprocess
 import sys
 import tarfile
-import tempfile
 import time
 from collections import deque
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
-if TYPE_CHECKING:
-    from microbuild.config import Project
+from pydantic import BaseModel, ConfigDict, Field
+
+from microbuild.config import SidecarConfig
 from microbuild.errors import SetupFailed, SnapshotError
 from microbuild.runtime import Limits, Runtime, RuntimeError_, SidecarHandle, SidecarSpec
 from microbuild.store import SnapshotRecord, Store
@@ -37,65 +35,42 @@ from microbuild.store import SnapshotRecord, Store
 KEY_VERSION = 1
 TAIL_LINES = 20
 
-__all__ = ["SetupFailed", "SnapshotError", "build", "prune", "snapshot_key", "spec_for"]
+__all__ = [
+    "SetupFailed",
+    "SnapshotError",
+    "SnapshotRequest",
+    "build",
+    "prune",
+    "resolve",
+    "snapshot_key",
+    "spec_for",
+]
 
 Progress = Callable[[str], None]
 Output = Callable[[bytes], None]
 
 
-@dataclass(frozen=True)
-class SnapshotKey:
-    id: str
-    digest: str
-    inputs: list[list[str]]
+class SnapshotRequest(BaseModel):
+    """What a client asks of a host: enough to address the snapshot and to build it."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    project: str = Field(max_length=4096)
+    setup: tuple[str, ...] = Field(default=(), max_length=256)
+    inputs: tuple[tuple[str, str], ...] = Field(default=(), max_length=10_000)
+    timeout_s: float = Field(default=1800, gt=0)
+    sidecar: SidecarConfig = Field(default_factory=SidecarConfig)
+    base_commit: str = Field(pattern=r"^[0-9a-f]{40,64}$")
+    source_tree: str = Field(pattern=r"^[0-9a-f]{40,64}$")
 
 
-def _git(root: Path, *args: str, env: dict[str, str] | None = None) -> str:
-    try:
-        proc = subprocess.run(
-            ["git", "-C", str(root), *args],
-            capture_output=True,
-            text=True,
-            env={**os.environ, **(env or {})},
-            check=False,
-        )
-    except FileNotFoundError as exc:
-        raise SnapshotError("git is not installed; install git (apt-get install git)") from exc
-    if proc.returncode != 0:
-        raise SnapshotError(_git_failure(root, args[0], proc.stderr))
-    return proc.stdout.strip()
-
-
-def _git_failure(root: Path, command: str, stderr: str) -> str:
-    lines = [line for line in stderr.strip().splitlines() if line.strip()]
-    fatal = [line for line in lines if line.startswith(("fatal:", "error:"))]
-    detail = (fatal or lines or ["(no message)"])[0]
-    if "safe.directory" in stderr:
-        detail += f"; if you trust it: git config --global --add safe.directory {root}"
-    return f"git {command} failed in {root}: {detail}"
-
-
-def input_files(project: Project) -> list[Path]:
-    """The files matched by `[snapshot] inputs`, relative to the project root, sorted."""
-    found: set[Path] = set()
-    for pattern in project.config.snapshot.inputs:
-        for path in project.root.glob(pattern):
-            rel = path.relative_to(project.root)
-            if path.is_file() and ".git" not in rel.parts:
-                found.add(rel)
-    return sorted(found)
-
-
-def snapshot_key(project: Project, runtime: Runtime) -> SnapshotKey:
-    inputs = []
-    for rel in input_files(project):
-        digest = hashlib.sha256((project.root / rel).read_bytes()).hexdigest()
-        inputs.append([rel.as_posix(), digest])
-    sidecar = project.config.sidecar
+def snapshot_key(request: SnapshotRequest, runtime: Runtime) -> tuple[str, str]:
+    """(id, digest). The host's own Python is part of the key: venvs point at it."""
+    sidecar = request.sidecar
     material = {
         "version": KEY_VERSION,
-        "setup": list(project.config.snapshot.setup),
-        "inputs": inputs,
+        "setup": list(request.setup),
+        "inputs": [list(pair) for pair in request.inputs],
         "runtime": runtime.name,
         "rootfs": sidecar.rootfs,
         "expose": list(sidecar.expose),
@@ -103,11 +78,10 @@ def snapshot_key(project: Project, runtime: Runtime) -> SnapshotKey:
         "python": [os.path.realpath(sys.base_prefix), platform.python_version()],
     }
     digest = hashlib.sha256(json.dumps(material, sort_keys=True).encode()).hexdigest()
-    return SnapshotKey(id=f"sn_{digest[:12]}", digest=digest, inputs=inputs)
+    return f"sn_{digest[:12]}", digest
 
 
-def spec_for(project: Project, layers: tuple[str, ...], network: str) -> SidecarSpec:
-    sidecar = project.config.sidecar
+def spec_for(sidecar: SidecarConfig, layers: tuple[str, ...], network: str) -> SidecarSpec:
     return SidecarSpec(
         layers=layers,
         network="host" if network == "host" else "none",
@@ -130,123 +104,113 @@ def _lock(path: Path) -> Iterator[None]:
             fcntl.flock(f, fcntl.LOCK_UN)
 
 
-def _write_source(project: Project, dest: Path, inputs: list[Path]) -> tuple[str, str]:
-    """Export HEAD plus the working tree's input files; return (base commit, its tree id)."""
-    head = subprocess.run(
-        ["git", "-C", str(project.root), "rev-parse", "--verify", "-q", "HEAD^{commit}"],
-        capture_output=True,
-        text=True,
-        check=False,
+def _ready(record: SnapshotRecord | None) -> bool:
+    return (
+        record is not None
+        and record.state == "ready"
+        and all(os.path.isdir(layer) for layer in record.layers)
     )
-    if head.returncode != 0 and not head.stderr.strip():
-        raise SnapshotError(
-            f"{project.root} has no commit yet; commit once so the snapshot has a base commit"
-        )
-    if head.returncode != 0:
-        raise SnapshotError(_git_failure(project.root, "rev-parse", head.stderr))
-    commit = head.stdout.strip()
-    dest.mkdir(parents=True, exist_ok=True)
-    archive = subprocess.Popen(
-        ["git", "-C", str(project.root), "archive", "--format=tar", commit],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-    )
-    assert archive.stdout is not None
-    with tarfile.open(fileobj=archive.stdout, mode="r|") as tar:
-        if hasattr(tarfile, "tar_filter"):
-            tar.extractall(dest, filter="tar")
-        else:  # pragma: no cover - Python < 3.11.4
-            tar.extractall(dest)
-    if archive.wait() != 0:
-        detail = archive.stderr.read().decode().strip() if archive.stderr else ""
-        raise SnapshotError(f"git archive failed: {detail}")
-    for rel in inputs:
-        target = dest / rel
-        target.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(project.root / rel, target)
-    with tempfile.TemporaryDirectory() as tmp:
-        env = {"GIT_INDEX_FILE": str(Path(tmp) / "index")}
-        _git(project.root, "read-tree", commit, env=env)
-        if inputs:
-            _git(project.root, "update-index", "--add", "--", *map(str, inputs), env=env)
-        tree = _git(project.root, "write-tree", env=env)
-    return commit, tree
 
 
-def _du(path: Path) -> int:
-    total = 0
-    for dirpath, _dirs, files in os.walk(path):
-        for name in files:
-            with contextlib.suppress(OSError):
-                total += os.lstat(os.path.join(dirpath, name)).st_blocks * 512
-    return total
+def resolve(
+    store: Store, runtime: Runtime, request: SnapshotRequest, *, rebuild: bool = False
+) -> tuple[SnapshotRecord, bool]:
+    """The snapshot for a request, and whether it still needs building (its source uploaded)."""
+    snapshot_id, digest = snapshot_key(request, runtime)
+    existing = store.find_snapshot(snapshot_id)
+    if _ready(existing) and not rebuild:
+        assert existing is not None
+        store.touch_snapshot(snapshot_id)
+        return existing, False
+    if existing is not None and existing.state == "ready":
+        in_use = store.list_sidecars(snapshot_id=snapshot_id)
+        if in_use:
+            raise SnapshotError(
+                f"snapshot {snapshot_id} is used by sidecar(s) "
+                f"{', '.join(s.id for s in in_use)}; destroy them before rebuilding it"
+            )
+    if (
+        existing is not None
+        and existing.state == "building"
+        and _lock_held(runtime.state_dir / "snapshots" / f"{snapshot_id}.lock")
+    ):
+        return existing, True
+    record = SnapshotRecord(
+        id=snapshot_id,
+        key=digest,
+        project=request.project,
+        runtime=runtime.name,
+        state="pending",
+        setup=list(request.setup),
+        inputs=[list(pair) for pair in request.inputs],
+        base_commit=request.base_commit,
+        source_tree=request.source_tree,
+        request=request.model_dump(mode="json"),
+    )
+    store.put_snapshot(record)
+    return record, True
 
 
 def build(
     store: Store,
     runtime: Runtime,
-    project: Project,
+    snapshot_id: str,
+    source_tar: Path,
     *,
-    rebuild: bool = False,
     progress: Progress | None = None,
     output: Output | None = None,
 ) -> SnapshotRecord:
-    """Return the ready snapshot for the project's current inputs, building it if needed."""
+    """Build a resolved snapshot from its uploaded source; one build per snapshot at a time."""
     say = progress or (lambda _msg: None)
-    key = snapshot_key(project, runtime)
-    snapshots_dir = runtime.state_dir / "snapshots"
-    with _lock(snapshots_dir / f"{key.id}.lock"):
-        existing = store.find_snapshot(key.id)
-        if existing and existing.state == "ready" and not rebuild:
-            if all(os.path.isdir(layer) for layer in existing.layers):
-                store.touch_snapshot(key.id)
-                say(f"snapshot {key.id} is up to date")
-                return existing
-            say(f"snapshot {key.id} lost its layers; rebuilding")
-        in_use = [s for s in store.list_sidecars(snapshot_id=key.id)]
-        if existing and in_use:
-            raise SnapshotError(
-                f"snapshot {key.id} is used by sidecar(s) "
-                f"{', '.join(s.id for s in in_use)}; destroy them before rebuilding it"
-            )
-        return _build(store, runtime, project, key, snapshots_dir / key.id, say, output)
+    sdir = runtime.state_dir / "snapshots" / snapshot_id
+    with _lock(runtime.state_dir / "snapshots" / f"{snapshot_id}.lock"):
+        record = store.find_snapshot(snapshot_id)
+        if record is None or record.request is None:
+            raise SnapshotError(f"no snapshot {snapshot_id} was requested; describe it first")
+        if record.state == "ready" and _ready(record):
+            say(f"snapshot {snapshot_id} is up to date")
+            return record
+        request = SnapshotRequest.model_validate(record.request)
+        return _build(store, runtime, record, request, source_tar, sdir, say, output)
+
+
+def _unpack(source_tar: Path, dest: Path) -> None:
+    """Sources may come from a remote client: refuse members that would land outside `dest`."""
+    if not hasattr(tarfile, "tar_filter"):
+        raise SnapshotError("Python >= 3.11.4 is needed to unpack sources safely; upgrade it")
+    dest.mkdir(parents=True, exist_ok=True)
+    try:
+        with tarfile.open(source_tar, mode="r:") as tar:
+            tar.extractall(dest, filter="tar")
+    except (tarfile.TarError, OSError) as exc:
+        raise SnapshotError(f"the uploaded source is not a usable tar archive: {exc}") from exc
 
 
 def _build(
     store: Store,
     runtime: Runtime,
-    project: Project,
-    key: SnapshotKey,
+    record: SnapshotRecord,
+    request: SnapshotRequest,
+    source_tar: Path,
     sdir: Path,
     say: Progress,
     output: Output | None,
 ) -> SnapshotRecord:
     started = time.monotonic()
-    setup = list(project.config.snapshot.setup)
-    record = SnapshotRecord(
-        id=key.id,
-        key=key.digest,
-        project=str(project.root),
-        runtime=runtime.name,
-        state="building",
-        setup=setup,
-        inputs=key.inputs,
-    )
+    record.state = "building"
+    record.error = None
     store.put_snapshot(record)
     shutil.rmtree(sdir, ignore_errors=True)
     source = sdir / "source"
     try:
-        say(f"exporting {project.root} at HEAD")
-        commit, tree = _write_source(
-            project, source / "workspace", [Path(p) for p, _ in key.inputs]
-        )
-        record.base_commit, record.source_tree = commit, tree
-        spec = spec_for(project, (str(source),), "host")
-        handle = runtime.create(f"sb_{key.id[3:]}_{secrets.token_hex(3)}", spec)
+        say(f"unpacking {request.project} at {request.base_commit[:10]}")
+        _unpack(source_tar, source / "workspace")
+        spec = spec_for(request.sidecar, (str(source),), "host")
+        handle = runtime.create(f"sb_{record.id[3:]}_{secrets.token_hex(3)}", spec)
         try:
-            deadline = time.monotonic() + project.config.snapshot.timeout_s
-            for number, command in enumerate(setup, 1):
-                say(f"[{number}/{len(setup)}] {command}")
+            deadline = time.monotonic() + request.timeout_s
+            for number, command in enumerate(request.setup, 1):
+                say(f"[{number}/{len(request.setup)}] {command}")
                 _run_setup(runtime, handle, command, deadline, output)
             say("freezing the snapshot layer")
             layers = runtime.freeze(handle, sdir / "layer")
@@ -272,8 +236,17 @@ def _build(
     record.build_s = time.monotonic() - started
     record.created_at = record.last_used_at = time.time()
     store.put_snapshot(record)
-    say(f"snapshot {key.id} ready in {record.build_s:.1f} s")
+    say(f"snapshot {record.id} ready in {record.build_s:.1f} s")
     return record
+
+
+def _du(path: Path) -> int:
+    total = 0
+    for dirpath, _dirs, files in os.walk(path):
+        for name in files:
+            with contextlib.suppress(OSError):
+                total += os.lstat(os.path.join(dirpath, name)).st_blocks * 512
+    return total
 
 
 def _run_setup(

@@ -9,14 +9,15 @@ from __future__ import annotations
 import json
 import os
 import sqlite3
+import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS snapshots (
@@ -33,6 +34,7 @@ CREATE TABLE IF NOT EXISTS snapshots (
     size_bytes INTEGER NOT NULL DEFAULT 0,
     build_s REAL NOT NULL DEFAULT 0,
     error TEXT,
+    request TEXT NOT NULL DEFAULT 'null',
     created_at REAL NOT NULL,
     last_used_at REAL NOT NULL
 );
@@ -43,6 +45,7 @@ CREATE TABLE IF NOT EXISTS sidecars (
     runtime TEXT NOT NULL,
     state TEXT NOT NULL,
     handle TEXT NOT NULL,
+    settings TEXT NOT NULL DEFAULT '{}',
     tree TEXT,
     created_at REAL NOT NULL,
     last_used_at REAL NOT NULL
@@ -50,7 +53,15 @@ CREATE TABLE IF NOT EXISTS sidecars (
 CREATE INDEX IF NOT EXISTS sidecars_snapshot ON sidecars(snapshot_id);
 """
 
-SNAPSHOT_STATES = ("building", "ready", "failed")
+MIGRATIONS = {
+    # version 1 -> 2: the request a snapshot was built from, and a sidecar's settings.
+    1: (
+        "ALTER TABLE snapshots ADD COLUMN request TEXT NOT NULL DEFAULT 'null'",
+        "ALTER TABLE sidecars ADD COLUMN settings TEXT NOT NULL DEFAULT '{}'",
+    ),
+}
+
+SNAPSHOT_STATES = ("pending", "building", "ready", "failed")
 SIDECAR_STATES = ("creating", "running", "suspended", "dead")
 
 
@@ -88,11 +99,14 @@ class SnapshotRecord:
     size_bytes: int = 0
     build_s: float = 0.0
     error: str | None = None
+    request: dict[str, Any] | None = None
     created_at: float = field(default_factory=time.time)
     last_used_at: float = field(default_factory=time.time)
 
     def to_json(self) -> dict[str, Any]:
-        return dict(self.__dict__)
+        data = dict(self.__dict__)
+        data.pop("request")
+        return data
 
 
 @dataclass
@@ -103,6 +117,7 @@ class SidecarRecord:
     runtime: str
     state: str
     handle: dict[str, Any]
+    settings: dict[str, Any] = field(default_factory=dict)
     tree: str | None = None
     created_at: float = field(default_factory=time.time)
     last_used_at: float = field(default_factory=time.time)
@@ -110,18 +125,23 @@ class SidecarRecord:
     def to_json(self) -> dict[str, Any]:
         data = dict(self.__dict__)
         data.pop("handle")
+        data.pop("settings")
         return data
 
 
-_JSON_COLUMNS = {"layers", "setup", "inputs", "handle"}
+_JSON_COLUMNS = {"layers", "setup", "inputs", "handle", "settings", "request"}
 
 
 class Store:
     def __init__(self, path: Path) -> None:
         self.path = path
+        self._lock = threading.RLock()
         path.parent.mkdir(parents=True, exist_ok=True)
         try:
-            self._db = sqlite3.connect(path, timeout=30, isolation_level=None)
+            # One connection shared by the host's worker threads, serialised by a lock.
+            self._db = sqlite3.connect(
+                path, timeout=30, isolation_level=None, check_same_thread=False
+            )
             self._db.row_factory = sqlite3.Row
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=NORMAL")
@@ -131,6 +151,10 @@ class Store:
                     f"{path} was written by a newer microbuild (schema {version}); upgrade "
                     "microbuild or point MICROBUILD_STATE_DIR elsewhere"
                 )
+            if version in MIGRATIONS:
+                for step in range(version, SCHEMA_VERSION):
+                    for statement in MIGRATIONS.get(step, ()):
+                        self._db.execute(statement)
             self._db.executescript(SCHEMA)
             self._db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
         except sqlite3.DatabaseError as exc:
@@ -141,13 +165,18 @@ class Store:
 
     @contextmanager
     def transaction(self) -> Iterator[sqlite3.Connection]:
-        self._db.execute("BEGIN IMMEDIATE")
-        try:
-            yield self._db
-        except BaseException:
-            self._db.execute("ROLLBACK")
-            raise
-        self._db.execute("COMMIT")
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._db
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._db.execute("COMMIT")
+
+    def _query(self, sql: str, args: Sequence[object] = ()) -> list[sqlite3.Row]:
+        with self._lock:
+            return self._db.execute(sql, args).fetchall()
 
     @staticmethod
     def _encode(record: SnapshotRecord | SidecarRecord) -> dict[str, Any]:
@@ -166,15 +195,15 @@ class Store:
             db.execute(f"INSERT OR REPLACE INTO {table} ({cols}) VALUES ({marks})", values)
 
     def _resolve(self, table: str, ident: str, kind: str) -> sqlite3.Row:
-        row = self._db.execute(f"SELECT * FROM {table} WHERE id = ?", (ident,)).fetchone()
-        if row is not None:
-            return row  # type: ignore[no-any-return]
+        exact = self._query(f"SELECT * FROM {table} WHERE id = ?", (ident,))
+        if exact:
+            return exact[0]
         escaped = ident.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
-        rows = self._db.execute(
+        rows = self._query(
             f"SELECT * FROM {table} WHERE id LIKE ? ESCAPE '\\' LIMIT 2", (escaped + "%",)
-        ).fetchall()
+        )
         if len(rows) == 1 and ident:
-            return rows[0]  # type: ignore[no-any-return]
+            return rows[0]
         if len(rows) > 1:
             raise NotFound(f"{kind} id {ident!r} is ambiguous; give more characters")
         raise NotFound(f"no {kind} with id {ident!r}; `microbuild {kind} list` shows them")
@@ -188,16 +217,16 @@ class Store:
         return SnapshotRecord(**self._decode(self._resolve("snapshots", ident, "snapshot")))
 
     def find_snapshot(self, snapshot_id: str) -> SnapshotRecord | None:
-        row = self._db.execute("SELECT * FROM snapshots WHERE id = ?", (snapshot_id,)).fetchone()
-        return None if row is None else SnapshotRecord(**self._decode(row))
+        rows = self._query("SELECT * FROM snapshots WHERE id = ?", (snapshot_id,))
+        return SnapshotRecord(**self._decode(rows[0])) if rows else None
 
     def list_snapshots(self, project: str | None = None) -> list[SnapshotRecord]:
         if project is None:
-            rows = self._db.execute("SELECT * FROM snapshots ORDER BY created_at").fetchall()
+            rows = self._query("SELECT * FROM snapshots ORDER BY created_at")
         else:
-            rows = self._db.execute(
+            rows = self._query(
                 "SELECT * FROM snapshots WHERE project = ? ORDER BY created_at", (project,)
-            ).fetchall()
+            )
         return [SnapshotRecord(**self._decode(r)) for r in rows]
 
     def touch_snapshot(self, snapshot_id: str) -> None:
@@ -232,7 +261,7 @@ class Store:
             args.append(snapshot_id)
         if clauses:
             query += " WHERE " + " AND ".join(clauses)
-        rows = self._db.execute(query + " ORDER BY created_at", args).fetchall()
+        rows = self._query(query + " ORDER BY created_at", args)
         return [SidecarRecord(**self._decode(r)) for r in rows]
 
     def set_sidecar_state(self, sidecar_id: str, state: str) -> None:
@@ -240,6 +269,12 @@ class Store:
             db.execute(
                 "UPDATE sidecars SET state = ?, last_used_at = ? WHERE id = ?",
                 (state, time.time(), sidecar_id),
+            )
+
+    def touch_sidecar(self, sidecar_id: str) -> None:
+        with self.transaction() as db:
+            db.execute(
+                "UPDATE sidecars SET last_used_at = ? WHERE id = ?", (time.time(), sidecar_id)
             )
 
     def delete_sidecar(self, sidecar_id: str) -> None:

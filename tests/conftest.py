@@ -14,6 +14,8 @@ import pytest
 from microbuild.runtime import Limits, SidecarHandle, SidecarSpec
 
 REQUIRE_ISOLATION = os.environ.get("MICROBUILD_REQUIRE_ISOLATION") == "1"
+# Hosts the CLI starts for itself during tests quit soon after their last request.
+os.environ.setdefault("MICROBUILD_HOST_IDLE_EXIT", "3")
 
 
 def isolation_unavailable() -> str | None:
@@ -54,7 +56,32 @@ def state_dir() -> Iterator[Path]:
     # Not under pytest's tmp_path: its long names are fine, but keep overlay option strings short.
     path = Path(tempfile.mkdtemp(prefix="mbt-", dir="/var/tmp"))
     yield path
+    stop_local_host(path)
     shutil.rmtree(path, ignore_errors=True)
+
+
+def stop_local_host(state: Path, timeout: float = 10) -> None:
+    """Stop a host the CLI started for itself in `state` (tests must not leave one behind)."""
+    import json
+    import signal
+    import time
+
+    try:
+        pid = int(json.loads((state / "host.json").read_text())["pid"])
+    except (OSError, ValueError, KeyError):
+        return
+    try:
+        os.kill(pid, signal.SIGTERM)
+    except ProcessLookupError:
+        return
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return
+        time.sleep(0.05)
+    os.kill(pid, signal.SIGKILL)
 
 
 @pytest.fixture
@@ -67,12 +94,15 @@ def layer(state_dir: Path) -> Path:
     return path
 
 
-@pytest.fixture
-def namespace_runtime(state_dir: Path) -> Iterator[object]:
+@pytest.fixture(params=[False, True], ids=["fork", "zygote"])
+def namespace_runtime(request: pytest.FixtureRequest, state_dir: Path) -> Iterator[object]:
+    """Both ways of starting sidecar processes: forking the caller, or the zygote helper."""
     need_isolation()
     from microbuild.runtime.namespace import NamespaceRuntime
 
-    yield NamespaceRuntime(state_dir)
+    runtime = NamespaceRuntime(state_dir, zygote=request.param)
+    yield runtime
+    runtime.close()
 
 
 SidecarFactory = Callable[..., SidecarHandle]

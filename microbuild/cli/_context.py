@@ -1,4 +1,4 @@
-"""What every command shares: the state dir, the project, and a lazily opened manager."""
+"""What every command shares: the state dir, the project, and a lazily opened host client."""
 
 from __future__ import annotations
 
@@ -6,23 +6,25 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
+    from microbuild.client import Client
     from microbuild.config import Project
-    from microbuild.host.manager import SidecarManager
 
 
 class AppContext:
-    def __init__(self, state_dir: Path | None, project_dir: Path | None) -> None:
+    def __init__(self, state_dir: Path | None, project_dir: Path | None, host: str | None) -> None:
         self.state_dir = state_dir
         self.project_dir = project_dir
-        self._manager: SidecarManager | None = None
+        self.host = host
+        self._client: Client | None = None
 
     @property
-    def manager(self) -> SidecarManager:
-        if self._manager is None:
-            from microbuild.host.manager import SidecarManager
+    def client(self) -> Client:
+        """The host to talk to: --host / MICROBUILD_HOST, else the local one (started once)."""
+        if self._client is None:
+            from microbuild.client import connect
 
-            self._manager = SidecarManager(self.state_dir)
-        return self._manager
+            self._client = connect(self.host, self.state_dir)
+        return self._client
 
     def project(self) -> Project:
         from microbuild.config import find_project
@@ -30,5 +32,5 @@ class AppContext:
         return find_project((self.project_dir or Path.cwd()).absolute())
 
     def close(self) -> None:
-        if self._manager is not None:
-            self._manager.close()
+        if self._client is not None:
+            self._client.close()

@@ -10,6 +10,7 @@ from typing import Any
 import click
 
 from microbuild import __version__
+from microbuild.client import HostError
 from microbuild.errors import ConfigError, SetupFailed, SnapshotError
 from microbuild.runtime.base import RuntimeError_
 from microbuild.store import NotFound, StoreError
@@ -31,6 +32,9 @@ class MicrobuildGroup(click.Group):
             _fail(exc.details(), EXIT_ENVIRONMENT)
         except (SnapshotError, RuntimeError_, StoreError) as exc:
             _fail(str(exc), EXIT_ENVIRONMENT)
+        except HostError as exc:
+            usage = exc.status in (400, 401, 403, 404, 413, 422)
+            _fail(str(exc), EXIT_USAGE if usage else EXIT_ENVIRONMENT)
         except KeyboardInterrupt:
             _fail("interrupted", 130)
 
@@ -56,22 +60,33 @@ def _fail(message: str, code: int) -> None:
     default=None,
     help="Run as if started in this directory.",
 )
+@click.option(
+    "--host",
+    envvar="MICROBUILD_HOST",
+    help="A remote host (https://HOST:PORT or unix:PATH; token from MICROBUILD_TOKEN or "
+    "MICROBUILD_TOKEN_FILE). Default: the local host, started on first use.",
+)
 @click.pass_context
-def cli(ctx: click.Context, state_dir: Path | None, project_dir: Path | None) -> None:
+def cli(
+    ctx: click.Context, state_dir: Path | None, project_dir: Path | None, host: str | None
+) -> None:
     """Fast, isolated validation for AI coding agents."""
     from microbuild.cli._context import AppContext
 
     if state_dir is not None:
-        os.environ["MICROBUILD_STATE_DIR"] = str(state_dir.absolute())
-    ctx.obj = AppContext(state_dir=state_dir, project_dir=project_dir)
+        state_dir = state_dir.absolute()
+        os.environ["MICROBUILD_STATE_DIR"] = str(state_dir)
+    ctx.obj = AppContext(state_dir=state_dir, project_dir=project_dir, host=host)
     ctx.call_on_close(ctx.obj.close)
 
 
 def _register() -> None:
-    from microbuild.cli import sidecar, snapshot
+    from microbuild.cli import host, serve, sidecar, snapshot
 
     cli.add_command(snapshot.snapshot)
     cli.add_command(sidecar.sidecar)
+    cli.add_command(serve.serve)
+    cli.add_command(host.host)
 
 
 _register()

@@ -1,4 +1,4 @@
-"""`microbuild sidecar create|list|exec|suspend|resume|reset|destroy`."""
+"""`microbuild sidecar create|list|exec|shell|suspend|resume|reset|destroy`."""
 
 from __future__ import annotations
 
@@ -9,24 +9,11 @@ import click
 
 from microbuild.cli._context import AppContext
 from microbuild.cli._ui import Progress, age, emit_json, show
-from microbuild.runtime.process import WARNING as PROCESS_WARNING
-from microbuild.store import SidecarRecord
+from microbuild.cli.snapshot import ensure_snapshot
 
-
-def sidecar_json(record: SidecarRecord) -> dict[str, Any]:
-    handle = record.handle or {}
-    return {
-        "id": record.id,
-        "snapshot": record.snapshot_id,
-        "runtime": record.runtime,
-        "state": record.state,
-        "project": record.project,
-        "tree": record.tree,
-        "network": handle.get("spec", {}).get("network"),
-        "init_pid": handle.get("init_pid"),
-        "created_at": record.created_at,
-        "last_used_at": record.last_used_at,
-    }
+PROCESS_WARNING = (
+    "process runtime: commands run unisolated, with your user's full access to files and network"
+)
 
 
 @click.group()
@@ -44,15 +31,16 @@ def create(app: AppContext, runtime: str | None, verbose: bool, as_json: bool) -
     project = app.project()
     progress = Progress(quiet=as_json, verbose=verbose)
     with progress.live():
-        record = app.manager.create_sidecar(
-            project, runtime=runtime, progress=progress.step, output=progress.output
+        snap = ensure_snapshot(app, progress, runtime=runtime)
+        record = app.client.create_sidecar(
+            snap["id"], project.config.sidecar.model_dump(mode="json")
         )
-    if record.runtime == "process":
+    if record["runtime"] == "process":
         click.echo(f"warning: {PROCESS_WARNING}", err=True)
     if as_json:
-        emit_json(sidecar_json(record))
+        emit_json(record)
     else:
-        click.echo(record.id)
+        click.echo(record["id"])
 
 
 @sidecar.command("list")
@@ -61,10 +49,10 @@ def create(app: AppContext, runtime: str | None, verbose: bool, as_json: bool) -
 @click.pass_obj
 def list_(app: AppContext, all_projects: bool, as_json: bool) -> None:
     """List sidecars (of this project, or of all with --all)."""
-    project = None if all_projects else app.project()
-    records = app.manager.list_sidecars(project)
+    project = None if all_projects else str(app.project().root)
+    records = app.client.list_sidecars(project)
     if as_json:
-        emit_json([sidecar_json(r) for r in records])
+        emit_json(records)
         return
     from rich.table import Table
 
@@ -73,14 +61,15 @@ def list_(app: AppContext, all_projects: bool, as_json: bool) -> None:
         table.add_column(col, no_wrap=col in ("ID", "SNAPSHOT"))
     styles = {"running": "green", "suspended": "yellow", "dead": "red"}
     for r in records:
+        state = r["state"]
         table.add_row(
-            r.id,
-            f"[{styles.get(r.state, '')}]{r.state}[/]" if r.state in styles else r.state,
-            r.runtime,
-            r.snapshot_id,
-            f"{age(r.created_at)} ago",
-            f"{age(r.last_used_at)} ago",
-            r.project,
+            r["id"],
+            f"[{styles[state]}]{state}[/]" if state in styles else state,
+            r["runtime"],
+            r["snapshot"],
+            f"{age(r['created_at'])} ago",
+            f"{age(r['last_used_at'])} ago",
+            r["project"],
         )
     show(table if records else "no sidecars")
 
@@ -121,34 +110,32 @@ def exec(
         argv = argv[1:]
     if not argv:
         raise click.UsageError("give a command after --")
-    execution = app.manager.exec(
-        sidecar_id, argv, env=_parse_env(env_pairs), cwd=cwd, timeout=timeout
-    )
     out: list[bytes] = []
     err: list[bytes] = []
-    for chunk in execution.chunks():
-        if as_json:
-            (out if chunk.stream == "stdout" else err).append(chunk.data)
+    result: dict[str, Any] = {}
+    for kind, payload in app.client.exec(
+        sidecar_id, argv, env=_parse_env(env_pairs), cwd=cwd, timeout_s=timeout
+    ):
+        if kind == "result":
+            result = payload
+        elif as_json:
+            (out if kind == "stdout" else err).append(payload)
         else:
-            stream = sys.stdout.buffer if chunk.stream == "stdout" else sys.stderr.buffer
-            stream.write(chunk.data)
+            stream = sys.stdout.buffer if kind == "stdout" else sys.stderr.buffer
+            stream.write(payload)
             stream.flush()
-    result = execution.result()
-    code = result.exit_code
+    code = int(result["exit_code"])
     note = None
-    if result.timed_out:
+    if result["timed_out"]:
         note = f"timed out after {timeout:g} s; killed the command and everything it started"
         code = 124
-    elif result.oom_killed:
+    elif result["oom_killed"]:
         note = "out of memory: the sidecar's memory limit killed a process; raise [sidecar] memory"
     if as_json:
         emit_json(
             {
+                **result,
                 "exit_code": code,
-                "signal": result.signal,
-                "timed_out": result.timed_out,
-                "oom_killed": result.oom_killed,
-                "duration_s": round(result.duration_s, 4),
                 "stdout": b"".join(out).decode(errors="replace"),
                 "stderr": b"".join(err).decode(errors="replace"),
             }
@@ -158,23 +145,28 @@ def exec(
     sys.exit(code)
 
 
+@sidecar.command()
+@click.argument("sidecar_id")
+@click.pass_obj
+def shell(app: AppContext, sidecar_id: str) -> None:
+    """Open an interactive shell in a sidecar (a PTY over a WebSocket)."""
+    from microbuild.cli._shell import run_shell
+
+    sys.exit(run_shell(app.client, sidecar_id))
+
+
 def _lifecycle(name: str, doc: str) -> None:
     @sidecar.command(name=name, help=doc)
     @click.argument("sidecar_ids", nargs=-1, required=True)
     @click.option("--json", "as_json", is_flag=True, help="Print the sidecars as JSON.")
     @click.pass_obj
     def command(app: AppContext, sidecar_ids: tuple[str, ...], as_json: bool) -> None:
-        action = getattr(app.manager, name)
-        records = [action(ident) for ident in sidecar_ids]
+        records = [app.client.sidecar_action(ident, name) for ident in sidecar_ids]
         if as_json:
-            data = [sidecar_json(r) for r in records]
-            if name == "destroy":
-                for item in data:
-                    item["state"] = "destroyed"
-            emit_json(data[0] if len(data) == 1 else data)
+            emit_json(records[0] if len(records) == 1 else records)
         else:
             for r in records:
-                click.echo(f"{r.id} {'destroyed' if name == 'destroy' else r.state}")
+                click.echo(f"{r['id']} {r['state']}")
 
 
 _lifecycle("suspend", "Freeze a sidecar's processes (cgroup freezer); it keeps its state.")

@@ -2,31 +2,53 @@
 
 from __future__ import annotations
 
+import tempfile
+from pathlib import Path
 from typing import Any
 
 import click
 
 from microbuild.cli._context import AppContext
 from microbuild.cli._ui import Progress, age, emit_json, show, size
-from microbuild.store import SnapshotRecord
+from microbuild.errors import SetupFailed, SnapshotError
 
 
-def snapshot_json(record: SnapshotRecord) -> dict[str, Any]:
-    return {
-        "id": record.id,
-        "project": record.project,
-        "runtime": record.runtime,
-        "state": record.state,
-        "base_commit": record.base_commit,
-        "source_tree": record.source_tree,
-        "setup": record.setup,
-        "inputs": record.inputs,
-        "size_bytes": record.size_bytes,
-        "build_s": round(record.build_s, 3),
-        "error": record.error,
-        "created_at": record.created_at,
-        "last_used_at": record.last_used_at,
-    }
+def ensure_snapshot(
+    app: AppContext, progress: Progress, *, rebuild: bool = False, runtime: str | None = None
+) -> dict[str, Any]:
+    """The project's snapshot on the host: found by its key, or built from an uploaded source."""
+    from microbuild import sync
+
+    project = app.project()
+    request = sync.describe_snapshot(project)
+    snap, needed = app.client.resolve_snapshot(
+        request.model_dump(mode="json"), rebuild=rebuild, runtime=runtime
+    )
+    if not needed:
+        progress.step(f"snapshot {snap['id']} is up to date")
+        return snap
+    with tempfile.TemporaryDirectory(prefix="microbuild-source-") as tmp:
+        tar = Path(tmp) / "source.tar"
+        progress.step(f"exporting {project.root} at {request.base_commit[:10]}")
+        sync.export_source(project, request, tar)
+        for event in app.client.upload_source(snap["id"], tar):
+            kind = event.get("event")
+            if kind == "step":
+                progress.step(event["message"])
+            elif kind == "output":
+                progress.output(event["data"].encode())
+            elif kind == "done":
+                return event["snapshot"]  # type: ignore[no-any-return]
+            elif kind == "error":
+                if event.get("code") == "setup_failed":
+                    raise SetupFailed(
+                        event["command"],
+                        event["exit_code"],
+                        list(event.get("tail", [])),
+                        bool(event.get("timed_out")),
+                    )
+                raise SnapshotError(event.get("message", "the snapshot build failed"))
+    raise SnapshotError("the host ended the build without a result; see its log")
 
 
 @click.group()
@@ -44,20 +66,13 @@ def build(
     app: AppContext, rebuild: bool, runtime: str | None, verbose: bool, as_json: bool
 ) -> None:
     """Build the project's snapshot from its microbuild.toml (or reuse an up-to-date one)."""
-    project = app.project()
     progress = Progress(quiet=as_json, verbose=verbose)
     with progress.live():
-        record = app.manager.build_snapshot(
-            project,
-            runtime=runtime,
-            rebuild=rebuild,
-            progress=progress.step,
-            output=progress.output,
-        )
+        snap = ensure_snapshot(app, progress, rebuild=rebuild, runtime=runtime)
     if as_json:
-        emit_json(snapshot_json(record))
+        emit_json(snap)
     else:
-        click.echo(record.id)
+        click.echo(snap["id"])
 
 
 @snapshot.command("list")
@@ -66,26 +81,26 @@ def build(
 @click.pass_obj
 def list_(app: AppContext, all_projects: bool, as_json: bool) -> None:
     """List snapshots (of this project, or of all with --all)."""
-    project = None if all_projects else app.project()
-    records = app.manager.list_snapshots(project)
+    project = None if all_projects else str(app.project().root)
+    records = app.client.list_snapshots(project)
     if as_json:
-        emit_json([snapshot_json(r) for r in records])
+        emit_json(records)
         return
     from rich.table import Table
 
     table = Table(box=None, header_style="bold")
     for col in ("ID", "STATE", "RUNTIME", "SIZE", "BUILD", "BASE", "USED", "PROJECT"):
-        table.add_column(col, no_wrap=col in ("ID", "SNAPSHOT"))
+        table.add_column(col, no_wrap=col == "ID")
     for r in records:
         table.add_row(
-            r.id,
-            r.state,
-            r.runtime,
-            size(r.size_bytes),
-            f"{r.build_s:.1f}s",
-            (r.base_commit or "")[:10],
-            f"{age(r.last_used_at)} ago",
-            r.project,
+            r["id"],
+            r["state"],
+            r["runtime"],
+            size(r["size_bytes"]),
+            f"{r['build_s']:.1f}s",
+            (r["base_commit"] or "")[:10],
+            f"{age(r['last_used_at'])} ago",
+            r["project"],
         )
     show(table if records else "no snapshots")
 
@@ -96,11 +111,11 @@ def list_(app: AppContext, all_projects: bool, as_json: bool) -> None:
 @click.pass_obj
 def prune(app: AppContext, prune_all: bool, as_json: bool) -> None:
     """Delete snapshots no sidecar uses (keeping each project's newest unless --all)."""
-    removed = app.manager.prune_snapshots(keep_latest=not prune_all)
+    removed = app.client.prune_snapshots(prune_all=prune_all)
     if as_json:
-        emit_json([snapshot_json(r) for r in removed])
+        emit_json(removed)
         return
     for r in removed:
-        click.echo(f"removed {r.id} ({size(r.size_bytes)})")
+        click.echo(f"removed {r['id']} ({size(r['size_bytes'])})")
     if not removed:
         click.echo("nothing to prune")

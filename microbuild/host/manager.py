@@ -1,18 +1,25 @@
 """The sidecar manager: runtimes + snapshots + the store, as one object the host serves.
 
-It is the only place that turns a project into sidecars, and the only writer of sidecar state,
-so that whatever fronts it (the CLI today, the HTTP host next) behaves the same.
+It is the only writer of sidecar state, so whatever fronts it (the HTTP host, or tests calling
+it in-process) behaves the same. It is safe to call from the host's worker threads.
 """
 
 from __future__ import annotations
 
+import contextlib
 import secrets
+import shutil
+import tempfile
+import threading
 import time
-from collections.abc import Mapping
+from collections import Counter
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from microbuild import snapshot
+from microbuild.config import SidecarConfig
 from microbuild.runtime import (
     Execution,
     Runtime,
@@ -23,6 +30,7 @@ from microbuild.runtime import (
     get_runtime,
     resolve_runtime_name,
 )
+from microbuild.runtime import cgroup as cg
 from microbuild.store import SidecarRecord, SnapshotRecord, Store, default_state_dir
 
 if TYPE_CHECKING:
@@ -33,26 +41,89 @@ class SidecarDead(RuntimeError_):
     """The sidecar's processes are gone; it was marked dead and must be reset or destroyed."""
 
 
+class AdmissionRefused(RuntimeError_):
+    """A new sidecar would exceed `max_sidecars` or leave the machine without memory."""
+
+
+@dataclass(frozen=True)
+class Admission:
+    max_sidecars: int = 64
+    # Refuse new sidecars when less than this much memory is available: better a clear error
+    # than a machine swapping itself to death.
+    min_available_memory: int = 1 << 30
+
+
+def available_memory() -> int:
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 1 << 62
+
+
 class SidecarManager:
-    def __init__(self, state_dir: Path | None = None) -> None:
+    def __init__(
+        self,
+        state_dir: Path | None = None,
+        *,
+        default_runtime: str = "auto",
+        admission: Admission | None = None,
+        zygote: bool = False,
+    ) -> None:
         self.state_dir = state_dir or default_state_dir()
         self.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         self.store = Store(self.state_dir / "state.db")
+        self.default_runtime = default_runtime
+        self.admission = admission or Admission()
+        self.zygote = zygote
         self._runtimes: dict[str, Runtime] = {}
+        self._lock = threading.RLock()
+        self._busy: Counter[str] = Counter()
 
     def close(self) -> None:
+        for rt in self._runtimes.values():
+            rt.close()
         self.store.close()
 
-    def runtime(self, name: str) -> Runtime:
-        name = resolve_runtime_name(name)
-        if name not in self._runtimes:
-            self._runtimes[name] = get_runtime(name, self.state_dir)
-        return self._runtimes[name]
-
-    def runtime_for(self, project: Project, override: str | None = None) -> Runtime:
-        return self.runtime(override or project.config.sidecar.runtime)
+    def runtime(self, name: str | None = None) -> Runtime:
+        resolved = resolve_runtime_name(name or self.default_runtime)
+        with self._lock:
+            if resolved not in self._runtimes:
+                self._runtimes[resolved] = get_runtime(resolved, self.state_dir, zygote=self.zygote)
+            return self._runtimes[resolved]
 
     # -- snapshots ---------------------------------------------------------------------------
+
+    def resolve_snapshot(
+        self,
+        request: snapshot.SnapshotRequest,
+        *,
+        runtime: str | None = None,
+        rebuild: bool = False,
+    ) -> tuple[SnapshotRecord, bool]:
+        rt = self.runtime(runtime or request.sidecar.runtime)
+        return snapshot.resolve(self.store, rt, request, rebuild=rebuild)
+
+    def build_snapshot_from(
+        self,
+        snapshot_id: str,
+        source_tar: Path,
+        *,
+        progress: snapshot.Progress | None = None,
+        output: snapshot.Output | None = None,
+    ) -> SnapshotRecord:
+        record = self.store.get_snapshot(snapshot_id)
+        return snapshot.build(
+            self.store,
+            self.runtime(record.runtime),
+            record.id,
+            source_tar,
+            progress=progress,
+            output=output,
+        )
 
     def build_snapshot(
         self,
@@ -63,17 +134,36 @@ class SidecarManager:
         progress: snapshot.Progress | None = None,
         output: snapshot.Output | None = None,
     ) -> SnapshotRecord:
-        return snapshot.build(
-            self.store,
-            self.runtime_for(project, runtime),
-            project,
-            rebuild=rebuild,
-            progress=progress,
-            output=output,
-        )
+        """Resolve and, if needed, build a local project's snapshot in-process."""
+        from microbuild import sync
 
-    def list_snapshots(self, project: Project | None = None) -> list[SnapshotRecord]:
-        return self.store.list_snapshots(None if project is None else str(project.root))
+        request = sync.describe_snapshot(project)
+        record, needed = self.resolve_snapshot(request, runtime=runtime, rebuild=rebuild)
+        if not needed:
+            if progress:
+                progress(f"snapshot {record.id} is up to date")
+            return record
+        with tempfile.TemporaryDirectory() as tmp:
+            tar = Path(tmp) / "source.tar"
+            sync.export_source(project, request, tar)
+            return self.build_snapshot_from(record.id, tar, progress=progress, output=output)
+
+    def list_snapshots(self, project: str | None = None) -> list[SnapshotRecord]:
+        return self.store.list_snapshots(project)
+
+    def delete_snapshot(self, ident: str) -> SnapshotRecord:
+        record = self.store.get_snapshot(ident)
+        users = self.store.list_sidecars(snapshot_id=record.id)
+        if users:
+            raise snapshot.SnapshotError(
+                f"snapshot {record.id} is used by sidecar(s) "
+                f"{', '.join(s.id for s in users)}; destroy them first"
+            )
+        with contextlib.suppress(RuntimeError_):
+            base = self.runtime(record.runtime).state_dir / "snapshots"
+            shutil.rmtree(base / record.id, ignore_errors=True)
+        self.store.delete_snapshot(record.id)
+        return record
 
     def prune_snapshots(self, *, keep_latest: bool = True) -> list[SnapshotRecord]:
         runtimes = {}
@@ -87,29 +177,49 @@ class SidecarManager:
 
     # -- sidecars ----------------------------------------------------------------------------
 
-    def create_sidecar(
-        self,
-        project: Project,
-        *,
-        runtime: str | None = None,
-        progress: snapshot.Progress | None = None,
-        output: snapshot.Output | None = None,
+    def _admit(self, settings: SidecarConfig) -> None:
+        live = [r for r in self.store.list_sidecars() if r.state in ("running", "suspended")]
+        if len(live) >= self.admission.max_sidecars:
+            raise AdmissionRefused(
+                f"this host already runs {len(live)} sidecars (max_sidecars = "
+                f"{self.admission.max_sidecars}); destroy some or raise the limit"
+            )
+        free = available_memory()
+        if free < self.admission.min_available_memory:
+            raise AdmissionRefused(
+                f"only {free >> 20} MiB of memory is available (the host keeps "
+                f"{self.admission.min_available_memory >> 20} MiB free); destroy or suspend "
+                "sidecars first"
+            )
+
+    def create_sidecar_from(
+        self, snapshot_id: str, settings: SidecarConfig | None = None
     ) -> SidecarRecord:
-        """A new sidecar from the project's snapshot, building the snapshot first if needed."""
-        snap = self.build_snapshot(project, runtime=runtime, progress=progress, output=output)
+        """A new sidecar from a ready snapshot, with the project's sidecar settings."""
+        snap = self.store.get_snapshot(snapshot_id)
+        if snap.state != "ready":
+            raise snapshot.SnapshotError(
+                f"snapshot {snap.id} is {snap.state}, not ready; build it first"
+            )
+        if settings is None:
+            request = snapshot.SnapshotRequest.model_validate(snap.request)
+            settings = request.sidecar
         rt = self.runtime(snap.runtime)
-        spec = snapshot.spec_for(project, tuple(snap.layers), project.config.sidecar.network)
+        spec = snapshot.spec_for(settings, tuple(snap.layers), settings.network)
         sidecar_id = f"sc_{secrets.token_hex(5)}"
-        record = SidecarRecord(
-            id=sidecar_id,
-            project=str(project.root),
-            snapshot_id=snap.id,
-            runtime=rt.name,
-            state="creating",
-            handle={},
-            tree=snap.source_tree,
-        )
-        self.store.put_sidecar(record)
+        with self._lock:
+            self._admit(settings)
+            record = SidecarRecord(
+                id=sidecar_id,
+                project=snap.project,
+                snapshot_id=snap.id,
+                runtime=rt.name,
+                state="creating",
+                handle={},
+                settings=settings.model_dump(mode="json"),
+                tree=snap.source_tree,
+            )
+            self.store.put_sidecar(record)
         try:
             handle = rt.create(sidecar_id, spec)
         except BaseException:
@@ -120,6 +230,19 @@ class SidecarManager:
         self.store.put_sidecar(record)
         self.store.touch_snapshot(snap.id)
         return record
+
+    def create_sidecar(
+        self,
+        project: Project,
+        *,
+        runtime: str | None = None,
+        progress: snapshot.Progress | None = None,
+        output: snapshot.Output | None = None,
+    ) -> SidecarRecord:
+        """In-process convenience: the local project's snapshot (built if needed), then a
+        sidecar from it."""
+        snap = self.build_snapshot(project, runtime=runtime, progress=progress, output=output)
+        return self.create_sidecar_from(snap.id, project.config.sidecar)
 
     def _handle(self, record: SidecarRecord) -> tuple[Runtime, SidecarHandle]:
         return self.runtime(record.runtime), SidecarHandle.from_json(record.handle)
@@ -136,9 +259,8 @@ class SidecarManager:
     def get(self, ident: str) -> SidecarRecord:
         return self._checked(self.store.get_sidecar(ident))
 
-    def list_sidecars(self, project: Project | None = None) -> list[SidecarRecord]:
-        records = self.store.list_sidecars(None if project is None else str(project.root))
-        return [self._checked(r) for r in records]
+    def list_sidecars(self, project: str | None = None) -> list[SidecarRecord]:
+        return [self._checked(r) for r in self.store.list_sidecars(project)]
 
     def _live(self, ident: str) -> tuple[SidecarRecord, Runtime, SidecarHandle]:
         record = self.get(ident)
@@ -147,9 +269,32 @@ class SidecarManager:
                 f"sidecar {record.id} is dead (its processes died); "
                 f"run `microbuild sidecar reset {record.id}` or destroy it"
             )
-        if record.state == "creating":
+        if record.state == "creating" or not record.handle:
             raise SidecarDead(f"sidecar {record.id} is still being created; try again")
         rt, handle = self._handle(record)
+        return record, rt, handle
+
+    @contextlib.contextmanager
+    def using(self, sidecar_id: str) -> Iterator[None]:
+        """Marks a sidecar busy (an exec, a file transfer) so idle suspension leaves it alone."""
+        with self._lock:
+            self._busy[sidecar_id] += 1
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._busy[sidecar_id] -= 1
+                if self._busy[sidecar_id] <= 0:
+                    del self._busy[sidecar_id]
+            self.store.touch_sidecar(sidecar_id)
+
+    def wake(self, ident: str) -> tuple[SidecarRecord, Runtime, SidecarHandle]:
+        """The live sidecar, resumed if it was suspended: any request to it does this."""
+        record, rt, handle = self._live(ident)
+        if record.state == "suspended":
+            rt.resume(handle)
+            record.state = "running"
+        self.store.set_sidecar_state(record.id, "running")
         return record, rt, handle
 
     def exec(
@@ -161,17 +306,19 @@ class SidecarManager:
         cwd: str | None = None,
         timeout: float | None = None,
         stdin: bytes | None = None,
+        pty: bool = False,
     ) -> Execution:
         """Run a command; a suspended sidecar is resumed first, transparently."""
-        record, rt, handle = self._live(ident)
-        if record.state == "suspended":
-            rt.resume(handle)
-        self.store.set_sidecar_state(record.id, "running")
+        record, rt, handle = self.wake(ident)
         try:
-            return rt.exec(handle, argv, env=env, cwd=cwd, timeout=timeout, stdin=stdin)
+            return rt.exec(handle, argv, env=env, cwd=cwd, timeout=timeout, stdin=stdin, pty=pty)
         except SidecarGone:
             self.store.set_sidecar_state(record.id, "dead")
             raise
+
+    def workspace(self, ident: str) -> Path:
+        _record, rt, handle = self.wake(ident)
+        return rt.workspace(handle)
 
     def suspend(self, ident: str) -> SidecarRecord:
         record, rt, handle = self._live(ident)
@@ -216,3 +363,66 @@ class SidecarManager:
     def stats(self, ident: str) -> SidecarStats:
         _record, rt, handle = self._live(ident)
         return rt.stats(handle)
+
+    # -- housekeeping ------------------------------------------------------------------------
+
+    def suspend_idle(self, now: float | None = None) -> list[str]:
+        """Suspend running sidecars idle for longer than their `idle_suspend_s`."""
+        now = time.time() if now is None else now
+        suspended = []
+        for record in self.store.list_sidecars():
+            idle_after = float(record.settings.get("idle_suspend_s", 300) or 0)
+            if record.state != "running" or idle_after <= 0 or record.id in self._busy:
+                continue
+            if now - record.last_used_at < idle_after:
+                continue
+            with contextlib.suppress(RuntimeError_, OSError, cg.CgroupError):
+                self.suspend(record.id)
+                suspended.append(record.id)
+        return suspended
+
+    def reconcile(self) -> dict[str, list[str]]:
+        """After a crash or reboot: adopt live sidecars, clean up and mark dead ones, and remove
+        whatever no record owns (build sidecars, leftover directories and cgroups)."""
+        report: dict[str, list[str]] = {"adopted": [], "dead": [], "removed": [], "failed": []}
+        known = set()
+        for record in self.store.list_sidecars():
+            known.add(record.id)
+            if not record.handle:
+                self.store.delete_sidecar(record.id)
+                report["removed"].append(record.id)
+                continue
+            try:
+                rt, handle = self._handle(record)
+            except RuntimeError_:
+                continue
+            if rt.is_alive(handle):
+                rt.adopt(handle)
+                state = "suspended" if rt.is_suspended(handle) else "running"
+                self.store.set_sidecar_state(record.id, state)
+                report["adopted"].append(record.id)
+            else:
+                with contextlib.suppress(Exception):
+                    rt.destroy(handle)
+                if record.state != "dead":
+                    self.store.set_sidecar_state(record.id, "dead")
+                report["dead"].append(record.id)
+        for rt in self._all_runtimes():
+            report["removed"].extend(rt.collect_garbage(keep=known))
+        for snap in self.store.list_snapshots():
+            if snap.state in ("building", "pending"):
+                lock = self.state_dir / "snapshots" / f"{snap.id}.lock"
+                if not snapshot._lock_held(lock):
+                    snap.state = "failed"
+                    snap.error = snap.error or "the host stopped during the build"
+                    self.store.put_snapshot(snap)
+                    shutil.rmtree(self.state_dir / "snapshots" / snap.id, ignore_errors=True)
+                    report["failed"].append(snap.id)
+        return report
+
+    def _all_runtimes(self) -> list[Runtime]:
+        found = []
+        for name in ("namespace", "process"):
+            with contextlib.suppress(RuntimeError_):
+                found.append(self.runtime(name))
+        return found

@@ -47,12 +47,13 @@ def resolve_runtime_name(name: str) -> str:
     return "namespace" if unavailable_reason() is None else "process"
 
 
-def get_runtime(name: str, state_dir: Path) -> Runtime:
+def get_runtime(name: str, state_dir: Path, *, zygote: bool = False) -> Runtime:
+    """`zygote`: fork sidecar processes from a small helper process (for long-lived hosts)."""
     name = resolve_runtime_name(name)
     if name == "namespace":
         from microbuild.runtime.namespace import NamespaceRuntime
 
-        return NamespaceRuntime(state_dir)
+        return NamespaceRuntime(state_dir, zygote=zygote)
     if name == "process":
         from microbuild.runtime.process import ProcessRuntime
 

@@ -6,15 +6,17 @@ Like an httpx transport, every runtime implements the same small surface, so eve
 
 from __future__ import annotations
 
+import fcntl
 import os
 import selectors
-import subprocess
+import struct
+import termios
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import IO, Any, Literal, Protocol
 
 from microbuild.runtime.cgroup import Limits
 
@@ -127,6 +129,19 @@ class SidecarStats:
     processes: int
 
 
+class ProcessLike(Protocol):
+    """What `Execution` needs of a started command: `subprocess.Popen`, or the zygote's."""
+
+    pid: int
+    stdin: IO[bytes] | None
+    stdout: IO[bytes] | None
+    stderr: IO[bytes] | None
+
+    def poll(self) -> int | None: ...
+
+    def wait(self, timeout: float | None = None) -> int: ...
+
+
 class Execution:
     """A running command: iterate `chunks()` for its output as it comes, then `result()`.
 
@@ -136,12 +151,14 @@ class Execution:
 
     def __init__(
         self,
-        proc: subprocess.Popen[bytes],
+        proc: ProcessLike,
         timeout: float | None,
         kill_tree: Callable[[], None],
         finish: Callable[[int, bool], ExecResult],
+        pty_master: int | None = None,
     ) -> None:
         self.proc = proc
+        self.pty_master = pty_master
         self.started = time.monotonic()
         self.deadline = None if timeout is None else self.started + timeout
         self._kill_tree = kill_tree
@@ -153,12 +170,34 @@ class Execution:
         """Kill the command and everything it started (e.g. when the client went away)."""
         self._kill_tree()
 
+    def write(self, data: bytes) -> None:
+        """Type into a terminal (`pty=True` executions)."""
+        if self.pty_master is None:
+            raise RuntimeError_("this command has no terminal to write to")
+        view = memoryview(data)
+        while view:
+            written = os.write(self.pty_master, view)
+            view = view[written:]
+
+    def resize(self, rows: int, cols: int) -> None:
+        if self.pty_master is not None:
+            size = struct.pack("HHHH", max(1, rows), max(1, cols), 0, 0)
+            fcntl.ioctl(self.pty_master, termios.TIOCSWINSZ, size)
+
+    def _sources(self) -> list[tuple[int, Stream]]:
+        if self.pty_master is not None:
+            return [(self.pty_master, "stdout")]
+        return [
+            (pipe.fileno(), stream)  # type: ignore[misc]
+            for stream, pipe in (("stdout", self.proc.stdout), ("stderr", self.proc.stderr))
+            if pipe is not None
+        ]
+
     def chunks(self) -> Iterator[OutputChunk]:
         sel = selectors.DefaultSelector()
-        for stream, pipe in (("stdout", self.proc.stdout), ("stderr", self.proc.stderr)):
-            if pipe is not None:
-                os.set_blocking(pipe.fileno(), False)
-                sel.register(pipe.fileno(), selectors.EVENT_READ, stream)
+        for fd, stream in self._sources():
+            os.set_blocking(fd, False)
+            sel.register(fd, selectors.EVENT_READ, stream)
         leftovers_killed = False
         try:
             while sel.get_map():
@@ -170,6 +209,8 @@ class Execution:
                         data = os.read(key.fd, 65536)
                     except BlockingIOError:
                         continue
+                    except OSError:  # EIO: the terminal's last writer is gone
+                        data = b""
                     if not data:
                         sel.unregister(key.fd)
                         continue
@@ -197,6 +238,9 @@ class Execution:
             for pipe in (self.proc.stdout, self.proc.stderr, self.proc.stdin):
                 if pipe is not None:
                     pipe.close()
+            if self.pty_master is not None:
+                os.close(self.pty_master)
+                self.pty_master = None
             self._result = self._finish(status, self.timed_out)
         return self._result
 
@@ -226,6 +270,9 @@ class Runtime(ABC):
         self.state_dir = state_dir
         self.sidecars_dir = state_dir / "sidecars"
 
+    def close(self) -> None:  # noqa: B027 - optional hook
+        """Release what the runtime holds itself (not the sidecars: they outlive it)."""
+
     @abstractmethod
     def create(self, sidecar_id: str, spec: SidecarSpec) -> SidecarHandle: ...
 
@@ -238,7 +285,10 @@ class Runtime(ABC):
         cwd: str | None = None,
         timeout: float | None = None,
         stdin: bytes | None = None,
-    ) -> Execution: ...
+        pty: bool = False,
+    ) -> Execution:
+        """Start a command. With `pty`, it gets a terminal (stdin, stdout and stderr) that the
+        caller drives with `Execution.write` / `resize`; output arrives as stdout."""
 
     @abstractmethod
     def suspend(self, handle: SidecarHandle) -> None: ...
@@ -252,6 +302,16 @@ class Runtime(ABC):
 
     @abstractmethod
     def is_alive(self, handle: SidecarHandle) -> bool: ...
+
+    @abstractmethod
+    def is_suspended(self, handle: SidecarHandle) -> bool: ...
+
+    def adopt(self, handle: SidecarHandle) -> None:  # noqa: B027 - optional hook
+        """Take over a live sidecar after a host restart: end commands nobody waits for."""
+
+    @abstractmethod
+    def collect_garbage(self, keep: set[str]) -> list[str]:
+        """Remove sidecars (directories, cgroups, processes) whose id is not in `keep`."""
 
     @abstractmethod
     def stats(self, handle: SidecarHandle) -> SidecarStats: ...

@@ -97,6 +97,15 @@ class Cgroup(ABC):
     def child(self, name: str, only: tuple[str, ...] | None = None) -> Cgroup:
         """A child cgroup; with `only`, just those (v1) controllers get a child of their own."""
 
+    @property
+    @abstractmethod
+    def name(self) -> str: ...
+
+    @abstractmethod
+    def children(self) -> list[Cgroup]:
+        """Child cgroups (one level), e.g. the sidecars under a root or the commands under a
+        sidecar."""
+
     @abstractmethod
     def create(self) -> None: ...
 
@@ -180,14 +189,31 @@ class CgroupV1(Cgroup):
         dirs = {k: str(v / name if k in owned else v) for k, v in self.dirs.items()}
         return CgroupV1(dirs, owned)
 
+    @property
+    def name(self) -> str:
+        return self.dirs["freezer"].name
+
+    def children(self) -> list[Cgroup]:
+        names: set[str] = set()
+        for name in self.owned:
+            if self.dirs[name].is_dir():
+                names.update(p.name for p in self.dirs[name].iterdir() if p.is_dir())
+        return [self.child(n, only=self.owned) for n in sorted(names)]
+
     def create(self) -> None:
         for name in self.owned:
             self.dirs[name].mkdir(parents=True, exist_ok=True)
 
     def prune_empty(self) -> None:
+        """Remove this cgroup, and the `microbuild` parent above it, where nothing is left:
+        an empty cgroup left in someone else's cgroup (a session's) can keep theirs alive."""
         for name in self.owned:
-            with contextlib.suppress(OSError):
-                self.dirs[name].rmdir()
+            path = self.dirs[name]
+            for candidate in (path, path.parent):
+                if candidate.name != "microbuild" and candidate != path:
+                    continue
+                with contextlib.suppress(OSError):
+                    candidate.rmdir()
 
     def exists(self) -> bool:
         return self.dirs["freezer"].is_dir()
@@ -258,6 +284,15 @@ class CgroupV2(Cgroup):
 
     def child(self, name: str, only: tuple[str, ...] | None = None) -> CgroupV2:
         return CgroupV2(str(self.path / name), self.controllers)
+
+    @property
+    def name(self) -> str:
+        return self.path.name
+
+    def children(self) -> list[Cgroup]:
+        if not self.path.is_dir():
+            return []
+        return [self.child(p.name) for p in sorted(self.path.iterdir()) if p.is_dir()]
 
     def create(self) -> None:
         self.path.mkdir(parents=True, exist_ok=True)
@@ -374,7 +409,7 @@ def _own_cgroups() -> dict[str, str]:
     return own
 
 
-def sidecar_root(prefer: str | None = None) -> Cgroup:
+def sidecar_root(prefer: str | None = None, scope: str | None = None) -> Cgroup:
     """The cgroup under which sidecars are made: `microbuild` below this process's own cgroup.
 
     Nesting under our own cgroup keeps sidecars inside whatever limits the caller already has.
@@ -396,7 +431,8 @@ def sidecar_root(prefer: str | None = None) -> Cgroup:
             name: os.path.join(v1[name], own.get(name, "/").lstrip("/"), "microbuild")
             for name in V1_CONTROLLERS
         }
-        return CgroupV1(dirs)
+        root = CgroupV1(dirs)
+        return root.child(scope) if scope else root
     if prefer == "v1":
         raise CgroupError(
             "cgroup v1 was asked for, but the memory, pids, cpu, cpuacct and "
@@ -413,12 +449,17 @@ def sidecar_root(prefer: str | None = None) -> Cgroup:
     else:
         base = Path(v2) / own_path.lstrip("/") / "microbuild"
         parent = base.parent
-    root = CgroupV2(str(base), controllers)
+    v2root = CgroupV2(str(base), controllers)
     if controllers:
         _enable_controllers(parent, controllers)
-        root.create()
+        v2root.create()
         _enable_controllers(base, controllers)
-    return root
+    if scope:
+        v2root = v2root.child(scope)
+        if controllers:
+            v2root.create()
+            _enable_controllers(v2root.path, controllers)
+    return v2root
 
 
 def _enable_controllers(path: Path, controllers: tuple[str, ...]) -> None:

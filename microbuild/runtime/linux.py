@@ -40,8 +40,9 @@ SIOCGIFFLAGS = 0x8913
 SIOCSIFFLAGS = 0x8914
 IFF_UP = 0x1
 
-# Capabilities a sidecar process keeps: the set container engines grant by default. Everything
-# else (SYS_ADMIN above all: no remounting the read-only host) is dropped from the bounding set.
+# Capabilities a sidecar process keeps: the set container engines grant by default, less MKNOD
+# (a device node in the workspace would be a door for the host's file API). Everything else
+# (SYS_ADMIN above all: no remounting the read-only host) is dropped from the bounding set.
 KEPT_CAPABILITIES = frozenset(
     {
         0,  # CHOWN
@@ -55,7 +56,6 @@ KEPT_CAPABILITIES = frozenset(
         10,  # NET_BIND_SERVICE
         13,  # NET_RAW
         18,  # SYS_CHROOT
-        27,  # MKNOD
         29,  # AUDIT_WRITE
         31,  # SETFCAP
     }

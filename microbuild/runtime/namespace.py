@@ -9,6 +9,7 @@ namespaces alive between commands; commands join them with setns and a fork.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import functools
 import hashlib
 import os
@@ -17,6 +18,7 @@ import signal
 import stat
 import subprocess
 import sys
+import termios
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -28,6 +30,7 @@ from microbuild.runtime.base import (
     WORKSPACE,
     ExecResult,
     Execution,
+    ProcessLike,
     Runtime,
     RuntimeError_,
     RuntimeUnavailable,
@@ -37,6 +40,7 @@ from microbuild.runtime.base import (
     SidecarStats,
     exit_code_of,
 )
+from microbuild.runtime.zygote import Zygote, ZygoteProcess
 
 HOST_SYSTEM_DIRS = ("usr", "bin", "sbin", "lib", "lib32", "lib64", "libx32", "etc", "opt")
 SKELETON_DIRS = ("proc", "sys", "dev", "tmp", "root", "home", "run", "mnt", "var/tmp", "workspace")
@@ -67,8 +71,11 @@ class NamespaceRuntime(Runtime):
     name = "namespace"
     isolates = True
 
-    def __init__(self, state_dir: Path, cgroup_root: cg.Cgroup | None = None) -> None:
+    def __init__(
+        self, state_dir: Path, cgroup_root: cg.Cgroup | None = None, zygote: bool = False
+    ) -> None:
         super().__init__(state_dir)
+        self._zygote = Zygote() if zygote else None
         problem = unavailable_reason()
         if problem:
             raise RuntimeUnavailable(problem)
@@ -77,13 +84,19 @@ class NamespaceRuntime(Runtime):
                 f"state dir {state_dir} contains ',' or ':', which overlayfs cannot take; "
                 "set MICROBUILD_STATE_DIR to another path"
             )
+        # Each state dir gets its own cgroup subtree, so that two hosts never touch each other's.
+        scope = hashlib.sha256(str(state_dir.resolve()).encode()).hexdigest()[:10]
         try:
-            self.cgroup_root = cgroup_root or cg.sidecar_root()
+            self.cgroup_root = cgroup_root or cg.sidecar_root(scope=scope)
         except (cg.CgroupError, OSError) as exc:
             raise RuntimeUnavailable(f"cgroups unavailable: {exc}") from exc
         self._last_cap = linux.last_capability()
         self._exec_seq = 0
         self._layouts: dict[tuple[object, ...], tuple[str, list[tuple[str, str]]]] = {}
+
+    def close(self) -> None:
+        if self._zygote is not None:
+            self._zygote.close()
 
     # -- layout ------------------------------------------------------------------------------
 
@@ -184,9 +197,16 @@ class NamespaceRuntime(Runtime):
             f"lowerdir={lower},upperdir={sdir / 'upper'},workdir={sdir / 'work'},{OVERLAY_OPTIONS}"
         )
         try:
-            pid = self._spawn_init(
-                sidecar_id, str(sdir / "root"), overlay, binds, group.procs_files(), spec
+            args = (
+                sidecar_id,
+                str(sdir / "root"),
+                overlay,
+                binds,
+                group.procs_files(),
+                spec.network,
+                spec.tmp_size,
             )
+            pid = self._zygote.spawn_init(*args) if self._zygote else spawn_init(*args)
         except BaseException:
             with contextlib.suppress(Exception):
                 group.remove()
@@ -195,65 +215,6 @@ class NamespaceRuntime(Runtime):
         handle.init_pid = pid
         handle.init_start = linux.process_start_time(pid)
         return handle
-
-    def _spawn_init(
-        self,
-        sidecar_id: str,
-        root: str,
-        overlay: str,
-        binds: list[tuple[str, str]],
-        procs_files: list[str],
-        spec: SidecarSpec,
-    ) -> int:
-        flags = linux.CLONE_NEWNS | linux.CLONE_NEWPID | linux.CLONE_NEWIPC | linux.CLONE_NEWUTS
-        if spec.network == "none":
-            flags |= linux.CLONE_NEWNET
-        hostname = f"sidecar-{sidecar_id[-8:]}"
-        tmp_opts = f"size={spec.tmp_size},mode=1777"
-        read_end, write_end = os.pipe()
-        pid = os.fork()
-        if pid == 0:  # pragma: no cover - runs in the child, reported through the pipe
-            code = 1
-            try:
-                os.close(read_end)
-                for path in procs_files:
-                    fd = os.open(path, os.O_WRONLY)
-                    os.write(fd, b"0")
-                    os.close(fd)
-                linux.unshare(flags)
-                init = os.fork()
-                if init:
-                    os.write(write_end, f"pid {init}\n".encode())
-                    code = 0
-                else:
-                    _become_init(root, overlay, binds, tmp_opts, hostname, spec, write_end)
-            except BaseException as exc:
-                with contextlib.suppress(Exception):
-                    os.write(write_end, f"error {_describe(exc)}\n".encode())
-            finally:
-                os._exit(code)
-        os.close(write_end)
-        chunks = []
-        with os.fdopen(read_end, "rb") as pipe:
-            while True:
-                data = pipe.read(4096)
-                if not data:
-                    break
-                chunks.append(data)
-        os.waitpid(pid, 0)
-        init_pid = None
-        for line in b"".join(chunks).decode(errors="replace").splitlines():
-            word, _, rest = line.partition(" ")
-            if word == "pid":
-                init_pid = int(rest)
-            elif word == "error":
-                if init_pid:
-                    with contextlib.suppress(ProcessLookupError):
-                        os.kill(init_pid, signal.SIGKILL)
-                raise RuntimeError_(f"sidecar setup failed: {rest}")
-        if init_pid is None:
-            raise RuntimeError_("sidecar setup failed: the init process did not start")
-        return init_pid
 
     def _group(self, handle: SidecarHandle) -> cg.Cgroup:
         if handle.cgroup is None:
@@ -352,6 +313,7 @@ class NamespaceRuntime(Runtime):
         cwd: str | None = None,
         timeout: float | None = None,
         stdin: bytes | None = None,
+        pty: bool = False,
     ) -> Execution:
         if not argv:
             raise RuntimeError_("nothing to run: give a command")
@@ -372,48 +334,29 @@ class NamespaceRuntime(Runtime):
             f"x{os.getpid()}-{self._exec_seq}-{time.monotonic_ns()}", only=("freezer", "memory")
         )
         exec_group.create()
-        try:
-            ns_fds = [
-                os.open(f"/proc/{pid}/ns/{ns}", os.O_RDONLY | os.O_CLOEXEC) for ns in NAMESPACES
-            ]
-        except OSError as exc:
-            exec_group.remove()
-            raise SidecarGone(f"sidecar {handle.id} died: {exc.strerror}") from exc
         full_env = self.sidecar_env(handle, env)
         oom_before = group.oom_kills()
         cpu_before = group.cpu_usage_s()
-        preexec = _enter_sidecar(exec_group.procs_files(), ns_fds, workdir, self._last_cap)
-
-        def popen(args: list[str], stdin_mode: int) -> subprocess.Popen[bytes]:
-            return subprocess.Popen(
-                args,
-                env=full_env,
-                stdin=stdin_mode,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.PIPE,
-                preexec_fn=preexec,
-                close_fds=True,
-            )
-
+        master, slave = os.openpty() if pty else (None, None)
+        if pty:
+            full_env["TERM"] = (env or {}).get("TERM", "xterm-256color")
+        assert pid is not None
+        start = self._start_via_zygote if self._zygote is not None else self._start_via_fork
         try:
-            proc = popen(argv, subprocess.PIPE if stdin is not None else subprocess.DEVNULL)
-        except (FileNotFoundError, PermissionError) as exc:
-            code, message = (
-                (127, "command not found")
-                if isinstance(exc, FileNotFoundError)
-                else (126, "permission denied")
-            )
-            script = f'echo "microbuild: {message}: $0" >&2; exit {code}'
-            proc = popen(["/bin/sh", "-c", script, argv[0]], subprocess.DEVNULL)
+            proc = start(handle, pid, exec_group, workdir, argv, full_env, stdin, slave)
         except BaseException as exc:
             with contextlib.suppress(cg.CgroupError, OSError):
                 exec_group.remove()
-            if isinstance(exc, subprocess.SubprocessError):
+            if master is not None:
+                os.close(master)
+            if isinstance(exc, (subprocess.SubprocessError, OSError)):
                 raise SidecarGone(f"cannot enter sidecar {handle.id}: {exc}") from exc
             raise
         finally:
-            for fd in ns_fds:
-                os.close(fd)
+            if slave is not None:
+                os.close(slave)
+        if master is not None and stdin is not None:
+            os.write(master, stdin)
         if stdin is not None and proc.stdin is not None:
             try:
                 proc.stdin.write(stdin)
@@ -447,11 +390,212 @@ class NamespaceRuntime(Runtime):
                 cpu_s=cpu,
             )
 
-        return Execution(proc, timeout, kill_tree, finish)
+        return Execution(proc, timeout, kill_tree, finish, pty_master=master)
+
+    def _start_via_fork(
+        self,
+        handle: SidecarHandle,
+        pid: int,
+        exec_group: cg.Cgroup,
+        workdir: str,
+        argv: list[str],
+        full_env: dict[str, str],
+        stdin: bytes | None,
+        slave: int | None,
+    ) -> ProcessLike:
+        ns_fds = [os.open(f"/proc/{pid}/ns/{ns}", os.O_RDONLY | os.O_CLOEXEC) for ns in NAMESPACES]
+        preexec = _enter_sidecar(
+            exec_group.procs_files(),
+            ns_fds,
+            workdir,
+            self._last_cap,
+            controlling_tty=slave is not None,
+        )
+
+        def popen(args: list[str], stdin_mode: int) -> subprocess.Popen[bytes]:
+            return subprocess.Popen(
+                args,
+                env=full_env,
+                stdin=slave if slave is not None else stdin_mode,
+                stdout=slave if slave is not None else subprocess.PIPE,
+                stderr=slave if slave is not None else subprocess.PIPE,
+                preexec_fn=preexec,
+                close_fds=True,
+            )
+
+        try:
+            return popen(
+                argv, subprocess.PIPE if stdin is not None and slave is None else subprocess.DEVNULL
+            )
+        except (FileNotFoundError, PermissionError) as exc:
+            code, message = (
+                (127, "command not found")
+                if isinstance(exc, FileNotFoundError)
+                else (126, "permission denied")
+            )
+            script = f'echo "microbuild: {message}: $0" >&2; exit {code}'
+            return popen(["/bin/sh", "-c", script, argv[0]], subprocess.DEVNULL)
+        finally:
+            for fd in ns_fds:
+                os.close(fd)
+
+    def _start_via_zygote(
+        self,
+        handle: SidecarHandle,
+        pid: int,
+        exec_group: cg.Cgroup,
+        workdir: str,
+        argv: list[str],
+        full_env: dict[str, str],
+        stdin: bytes | None,
+        slave: int | None,
+    ) -> ProcessLike:
+        assert self._zygote is not None
+        theirs: list[int] = []
+        ours: list[int] = []
+        stdin_w: int | None = None
+        out_r: int | None = None
+        err_r: int | None = None
+        try:
+            if slave is not None:
+                child_fds = (slave, slave, slave)
+            else:
+                if stdin is not None:
+                    stdin_r, stdin_w = os.pipe()
+                    ours.append(stdin_w)
+                else:
+                    stdin_r = os.open(os.devnull, os.O_RDONLY)
+                out_r, out_w = os.pipe()
+                err_r, err_w = os.pipe()
+                theirs.extend((stdin_r, out_w, err_w))
+                ours.extend((out_r, err_r))
+                child_fds = (stdin_r, out_w, err_w)
+            middle, status_fd = self._zygote.exec(
+                init_pid=pid,
+                procs_files=exec_group.procs_files(),
+                workdir=workdir,
+                last_cap=self._last_cap,
+                argv=argv,
+                env=full_env,
+                stdin=child_fds[0],
+                stdout=child_fds[1],
+                stderr=child_fds[2],
+                tty=slave is not None,
+            )
+        except BaseException:
+            for fd in ours:
+                os.close(fd)
+            raise
+        finally:
+            for fd in theirs:
+                os.close(fd)
+        return ZygoteProcess(
+            middle,
+            status_fd,
+            stdin=os.fdopen(stdin_w, "wb") if stdin_w is not None else None,
+            stdout=os.fdopen(out_r, "rb") if out_r is not None else None,
+            stderr=os.fdopen(err_r, "rb") if err_r is not None else None,
+        )
+
+    # -- recovery ----------------------------------------------------------------------------
+
+    def is_suspended(self, handle: SidecarHandle) -> bool:
+        return self._group(handle).is_frozen()
+
+    def adopt(self, handle: SidecarHandle) -> None:
+        """Commands started by a host that died have nobody to report to: end them."""
+        group = self._group(handle)
+        frozen = group.is_frozen()
+        for child in group.children():
+            child.remove()
+        if frozen:
+            group.freeze()
+
+    def collect_garbage(self, keep: set[str]) -> list[str]:
+        removed = []
+        for child in self.cgroup_root.children():
+            if child.name not in keep:
+                with contextlib.suppress(cg.CgroupError, OSError):
+                    child.thaw()
+                    child.remove()
+                    removed.append(child.name)
+        if self.sidecars_dir.is_dir():
+            for path in self.sidecars_dir.iterdir():
+                if path.name not in keep:
+                    _remove_tree(path)
+                    if path.name not in removed:
+                        removed.append(path.name)
+        self.cgroup_root.prune_empty()
+        return removed
+
+
+def spawn_init(
+    sidecar_id: str,
+    root: str,
+    overlay: str,
+    binds: list[tuple[str, str]],
+    procs_files: list[str],
+    network: str,
+    tmp_size: int,
+) -> int:
+    """Fork the sidecar's pid 1 into new namespaces and the cgroup; return its host pid."""
+    flags = linux.CLONE_NEWNS | linux.CLONE_NEWPID | linux.CLONE_NEWIPC | linux.CLONE_NEWUTS
+    if network == "none":
+        flags |= linux.CLONE_NEWNET
+    hostname = f"sidecar-{sidecar_id[-8:]}"
+    tmp_opts = f"size={tmp_size},mode=1777"
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - runs in the child, reported through the pipe
+        code = 1
+        try:
+            os.close(read_end)
+            for path in procs_files:
+                fd = os.open(path, os.O_WRONLY)
+                os.write(fd, b"0")
+                os.close(fd)
+            linux.unshare(flags)
+            init = os.fork()
+            if init:
+                os.write(write_end, f"pid {init}\n".encode())
+                code = 0
+            else:
+                _become_init(root, overlay, binds, tmp_opts, hostname, network, write_end)
+        except BaseException as exc:
+            with contextlib.suppress(Exception):
+                os.write(write_end, f"error {_describe(exc)}\n".encode())
+        finally:
+            os._exit(code)
+    os.close(write_end)
+    chunks = []
+    with os.fdopen(read_end, "rb") as pipe:
+        while True:
+            data = pipe.read(4096)
+            if not data:
+                break
+            chunks.append(data)
+    os.waitpid(pid, 0)
+    init_pid = None
+    for line in b"".join(chunks).decode(errors="replace").splitlines():
+        word, _, rest = line.partition(" ")
+        if word == "pid":
+            init_pid = int(rest)
+        elif word == "error":
+            if init_pid:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(init_pid, signal.SIGKILL)
+            raise RuntimeError_(f"sidecar setup failed: {rest}")
+    if init_pid is None:
+        raise RuntimeError_("sidecar setup failed: the init process did not start")
+    return init_pid
 
 
 def _enter_sidecar(
-    procs_files: list[str], ns_fds: list[int], workdir: str, last_cap: int
+    procs_files: list[str],
+    ns_fds: list[int],
+    workdir: str,
+    last_cap: int,
+    controlling_tty: bool = False,
 ) -> Callable[[], None]:
     """The code run between fork and exec: join the cgroup and namespaces, then fork once more
     so that the command is born inside the sidecar's pid namespace."""
@@ -482,6 +626,8 @@ def _enter_sidecar(
                 os.kill(os.getpid(), sig)
             os._exit(os.waitstatus_to_exitcode(status) if os.WIFEXITED(status) else 1)
         os.setsid()
+        if controlling_tty:
+            fcntl.ioctl(0, termios.TIOCSCTTY, 0)
         try:
             os.chdir(workdir)
         except OSError:
@@ -497,7 +643,7 @@ def _become_init(
     binds: list[tuple[str, str]],
     tmp_opts: str,
     hostname: str,
-    spec: SidecarSpec,
+    network: str,
     report_fd: int,
 ) -> None:  # pragma: no cover - runs as pid 1 of the new namespaces
     os.setsid()
@@ -530,7 +676,7 @@ def _become_init(
     linux.umount(".", linux.MNT_DETACH)
     os.chdir("/")
     linux.sethostname(hostname)
-    if spec.network == "none":
+    if network == "none":
         linux.loopback_up()
     os.write(report_fd, b"ready\n")
     os.closerange(3, 65536)

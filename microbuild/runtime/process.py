@@ -8,10 +8,12 @@ It says so loudly: nothing stops a command from reading or writing anything the 
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import os
 import shutil
 import signal
 import subprocess
+import termios
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -138,6 +140,7 @@ class ProcessRuntime(Runtime):
         cwd: str | None = None,
         timeout: float | None = None,
         stdin: bytes | None = None,
+        pty: bool = False,
     ) -> Execution:
         if not argv:
             raise RuntimeError_("nothing to run: give a command")
@@ -145,17 +148,23 @@ class ProcessRuntime(Runtime):
         self.resume(handle)
         workdir = self._workdir(handle, workspace, cwd)
         full_env = self.sidecar_env(handle, env)
+        master, slave = os.openpty() if pty else (None, None)
         kwargs: dict[str, object] = {
             "env": full_env,
             "cwd": workdir,
-            "stdout": subprocess.PIPE,
-            "stderr": subprocess.PIPE,
+            "stdout": slave if slave is not None else subprocess.PIPE,
+            "stderr": slave if slave is not None else subprocess.PIPE,
             "start_new_session": True,
         }
+        if slave is not None:
+            stdin = None
+            kwargs["preexec_fn"] = _take_terminal
         try:
             proc = subprocess.Popen(
                 argv,
-                stdin=subprocess.PIPE if stdin is not None else subprocess.DEVNULL,
+                stdin=slave
+                if slave is not None
+                else (subprocess.PIPE if stdin is not None else subprocess.DEVNULL),
                 **kwargs,  # type: ignore[call-overload]
             )
         except (FileNotFoundError, PermissionError) as exc:
@@ -187,4 +196,22 @@ class ProcessRuntime(Runtime):
                 duration_s=time.monotonic() - started,
             )
 
-        return Execution(proc, timeout, kill_tree, finish)
+        if slave is not None:
+            os.close(slave)
+        return Execution(proc, timeout, kill_tree, finish, pty_master=master)
+
+    def is_suspended(self, handle: SidecarHandle) -> bool:
+        return self._suspended_flag(handle).exists()
+
+    def collect_garbage(self, keep: set[str]) -> list[str]:
+        removed = []
+        if self.sidecars_dir.is_dir():
+            for path in self.sidecars_dir.iterdir():
+                if path.name not in keep and (path / "root").is_dir():
+                    shutil.rmtree(path, ignore_errors=True)
+                    removed.append(path.name)
+        return removed
+
+
+def _take_terminal() -> None:
+    fcntl.ioctl(0, termios.TIOCSCTTY, 0)

@@ -1,0 +1,671 @@
+"""The host's HTTP API: sidecars and snapshots as resources under /v1, exec streamed as NDJSON,
+files and a PTY shell. One `SidecarManager` behind it does the work.
+
+Blocking work (runtimes, SQLite) runs in worker threads; streams hand each chunk over from a
+thread so the event loop never waits on a sidecar.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import hmac
+import json
+import tempfile
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import anyio
+from fastapi import FastAPI, Query, Request, WebSocket, WebSocketDisconnect
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+from pydantic import BaseModel, ConfigDict, Field
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from microbuild import __version__
+from microbuild.config import SidecarConfig
+from microbuild.errors import ConfigError, SetupFailed, SnapshotError
+from microbuild.host import files
+from microbuild.host.manager import AdmissionRefused, SidecarDead, SidecarManager
+from microbuild.runtime import ExecResult, Execution, RuntimeError_, RuntimeUnavailable, SidecarGone
+from microbuild.snapshot import SnapshotRequest
+from microbuild.store import NotFound, SidecarRecord, SnapshotRecord, StoreError
+
+JSON_BODY_LIMIT = 1 << 20
+SOURCE_BODY_LIMIT = 2 << 30
+NDJSON = "application/x-ndjson"
+IdPath = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_]+$")]
+
+
+# -- models ------------------------------------------------------------------------------------
+
+
+class ErrorBody(BaseModel):
+    code: str
+    message: str
+
+
+class ErrorResponse(BaseModel):
+    error: ErrorBody
+
+
+class Sidecar(BaseModel):
+    id: str
+    snapshot: str
+    runtime: str
+    state: str
+    project: str
+    tree: str | None
+    network: str | None
+    init_pid: int | None
+    created_at: float
+    last_used_at: float
+
+    @classmethod
+    def of(cls, record: SidecarRecord, state: str | None = None) -> Sidecar:
+        handle = record.handle or {}
+        return cls(
+            id=record.id,
+            snapshot=record.snapshot_id,
+            runtime=record.runtime,
+            state=state or record.state,
+            project=record.project,
+            tree=record.tree,
+            network=handle.get("spec", {}).get("network"),
+            init_pid=handle.get("init_pid"),
+            created_at=record.created_at,
+            last_used_at=record.last_used_at,
+        )
+
+
+class Snapshot(BaseModel):
+    id: str
+    project: str
+    runtime: str
+    state: str
+    base_commit: str | None
+    source_tree: str | None
+    setup: list[str]
+    inputs: list[list[str]]
+    size_bytes: int
+    build_s: float
+    error: str | None
+    created_at: float
+    last_used_at: float
+
+    @classmethod
+    def of(cls, record: SnapshotRecord) -> Snapshot:
+        return cls(**{k: v for k, v in record.to_json().items() if k != "key"})
+
+
+class SnapshotResolution(BaseModel):
+    snapshot: Snapshot
+    needs_source: bool
+
+
+class CreateSidecar(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    snapshot_id: IdPath
+    settings: SidecarConfig | None = None
+
+
+class ExecRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    argv: list[Annotated[str, Field(max_length=1 << 16)]] = Field(min_length=1, max_length=4096)
+    env: dict[str, str] = Field(default_factory=dict, max_length=1024)
+    cwd: str | None = Field(default=None, max_length=4096)
+    timeout_s: float | None = Field(default=None, gt=0, le=7 * 86400)
+    stdin: str | None = Field(default=None, description="base64")
+
+
+class ExecResultModel(BaseModel):
+    exit_code: int
+    signal: int | None
+    timed_out: bool
+    oom_killed: bool
+    duration_s: float
+    cpu_s: float | None
+
+    @classmethod
+    def of(cls, result: ExecResult) -> ExecResultModel:
+        return cls(
+            exit_code=result.exit_code,
+            signal=result.signal,
+            timed_out=result.timed_out,
+            oom_killed=result.oom_killed,
+            duration_s=result.duration_s,
+            cpu_s=result.cpu_s,
+        )
+
+
+class HostInfo(BaseModel):
+    version: str
+    pid: int
+    state_dir: str
+    runtime: str
+    isolates: bool
+    started_at: float
+    sidecars: int
+    snapshots: int
+
+
+class Health(BaseModel):
+    status: Literal["ok"]
+
+
+# -- middleware --------------------------------------------------------------------------------
+
+
+def _json_error(status: int, code: str, message: str) -> JSONResponse:
+    return JSONResponse({"error": {"code": code, "message": message}}, status_code=status)
+
+
+class GuardMiddleware:
+    """Bearer-token authentication (HTTP and WebSocket) and request body limits.
+
+    A body over its limit is refused with 413 before the handler sees any of it, whether the
+    client announced its length or streamed it chunked.
+    """
+
+    def __init__(self, app: ASGIApp, token: str | None, activity: Activity) -> None:
+        self.app = app
+        self.token = token
+        self.activity = activity
+
+    def _authorized(self, scope: Scope) -> bool:
+        if self.token is None or scope.get("path") == "/v1/health":
+            return True
+        for name, value in scope.get("headers", []):
+            if name == b"authorization":
+                expected = f"Bearer {self.token}".encode()
+                return hmac.compare_digest(value, expected)
+        return False
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] not in ("http", "websocket"):
+            await self.app(scope, receive, send)
+            return
+        self.activity.active += 1
+        try:
+            await self._guarded(scope, receive, send)
+        finally:
+            self.activity.active -= 1
+            self.activity.last = time.monotonic()
+
+    async def _guarded(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if not self._authorized(scope):
+            if scope["type"] == "websocket":
+                await send({"type": "websocket.close", "code": 4401, "reason": "unauthorized"})
+                return
+            response = _json_error(401, "unauthorized", "missing or wrong bearer token")
+            response.headers["WWW-Authenticate"] = "Bearer"
+            await response(scope, receive, send)
+            return
+        if scope["type"] == "websocket":
+            await self.app(scope, receive, send)
+            return
+        path = scope.get("path", "")
+        limit = SOURCE_BODY_LIMIT if path.endswith("/source") else JSON_BODY_LIMIT
+        if "/files/" in path:
+            limit = files.MAX_FILE_BYTES
+        for name, value in scope.get("headers", []):
+            if name == b"content-length":
+                try:
+                    declared = int(value)
+                except ValueError:
+                    declared = limit + 1
+                if declared > limit:
+                    await _json_error(413, "body_too_large", f"request body over {limit} bytes")(
+                        scope, receive, send
+                    )
+                    return
+        received = 0
+        refused = False
+
+        async def limited_receive() -> Message:
+            nonlocal received, refused
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > limit:
+                    refused = True
+                    raise _BodyTooLarge()
+            return message
+
+        started = False
+
+        async def tracking_send(message: Message) -> None:
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+            await send(message)
+
+        try:
+            await self.app(scope, limited_receive, tracking_send)
+        except _BodyTooLarge:
+            if not started:
+                await _json_error(413, "body_too_large", f"request body over {limit} bytes")(
+                    scope, receive, send
+                )
+
+
+class _BodyTooLarge(Exception):
+    pass
+
+
+class Activity:
+    """Requests in flight and when the last one ended: an idle local host may exit."""
+
+    def __init__(self) -> None:
+        self.active = 0
+        self.last = time.monotonic()
+
+    def idle_for(self) -> float:
+        return 0.0 if self.active else time.monotonic() - self.last
+
+
+# -- the application ---------------------------------------------------------------------------
+
+
+def create_app(
+    manager: SidecarManager,
+    *,
+    token: str | None = None,
+    on_stop: Callable[[], None] | None = None,
+    idle_check_s: float = 5.0,
+    exit_when_idle_s: float | None = None,
+) -> FastAPI:
+    started_at = time.time()
+    activity = Activity()
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        async def suspend_idle_forever() -> None:
+            while True:
+                await asyncio.sleep(idle_check_s)
+                with contextlib.suppress(Exception):
+                    await anyio.to_thread.run_sync(manager.suspend_idle)
+                if (
+                    exit_when_idle_s is not None
+                    and on_stop is not None
+                    and activity.idle_for() > exit_when_idle_s
+                ):
+                    # Sidecars outlive the host; the next client starts a host that adopts them.
+                    on_stop()
+
+        task = asyncio.create_task(suspend_idle_forever())
+        try:
+            yield
+        finally:
+            task.cancel()
+
+    app = FastAPI(
+        title="microbuild host",
+        version=__version__,
+        description="Sidecars (isolated environments started from snapshots), exec, files.",
+        lifespan=lifespan,
+        responses={
+            401: {"model": ErrorResponse, "description": "missing or wrong token"},
+            413: {"model": ErrorResponse, "description": "body too large"},
+        },
+    )
+    app.add_middleware(GuardMiddleware, token=token, activity=activity)
+    run = anyio.to_thread.run_sync
+
+    def handler(status: int, code: str) -> Callable[[Request, Exception], Awaitable[Response]]:
+        async def handle(_request: Request, exc: Exception) -> Response:
+            return _json_error(status, code, str(exc).splitlines()[0] if str(exc) else code)
+
+        return handle
+
+    for exc_type, status, code in (
+        (NotFound, 404, "not_found"),
+        (ConfigError, 422, "invalid_config"),
+        (files.PathRefused, 403, "path_refused"),
+        (SidecarDead, 409, "sidecar_dead"),
+        (SidecarGone, 409, "sidecar_dead"),
+        (SnapshotError, 409, "snapshot_error"),
+        (AdmissionRefused, 503, "admission_refused"),
+        (RuntimeUnavailable, 503, "runtime_unavailable"),
+        (RuntimeError_, 409, "runtime_error"),
+        (StoreError, 503, "store_error"),
+        (FileNotFoundError, 404, "not_found"),
+        (IsADirectoryError, 403, "path_refused"),
+        (NotADirectoryError, 403, "path_refused"),
+        (PermissionError, 403, "path_refused"),
+    ):
+        app.add_exception_handler(exc_type, handler(status, code))
+
+    @app.get("/v1/health", response_model=Health, tags=["host"])
+    async def health() -> Health:
+        return Health(status="ok")
+
+    @app.get("/v1/host", response_model=HostInfo, tags=["host"])
+    async def host_info() -> HostInfo:
+        def info() -> HostInfo:
+            import os
+
+            rt = manager.runtime()
+            return HostInfo(
+                version=__version__,
+                pid=os.getpid(),
+                state_dir=str(manager.state_dir),
+                runtime=rt.name,
+                isolates=rt.isolates,
+                started_at=started_at,
+                sidecars=len(manager.store.list_sidecars()),
+                snapshots=len(manager.store.list_snapshots()),
+            )
+
+        return await run(info)
+
+    @app.post("/v1/host/stop", status_code=202, tags=["host"])
+    async def stop() -> dict[str, str]:
+        if on_stop is not None:
+            asyncio.get_running_loop().call_later(0.1, on_stop)
+        return {"status": "stopping"}
+
+    # -- snapshots -----------------------------------------------------------------------------
+
+    @app.post("/v1/snapshots", response_model=SnapshotResolution, tags=["snapshots"])
+    async def resolve_snapshot(
+        request: SnapshotRequest,
+        rebuild: bool = False,
+        runtime: Literal["auto", "namespace", "process"] | None = None,
+    ) -> SnapshotResolution:
+        record, needed = await run(
+            lambda: manager.resolve_snapshot(request, runtime=runtime, rebuild=rebuild)
+        )
+        return SnapshotResolution(snapshot=Snapshot.of(record), needs_source=needed)
+
+    @app.put(
+        "/v1/snapshots/{snapshot_id}/source",
+        tags=["snapshots"],
+        response_class=StreamingResponse,
+        responses={200: {"content": {NDJSON: {}}, "description": "build events, one per line"}},
+    )
+    async def build_snapshot(
+        snapshot_id: IdPath,
+        request: Request,
+    ) -> StreamingResponse:
+        await run(manager.store.get_snapshot, snapshot_id)
+        spool = tempfile.NamedTemporaryFile(  # noqa: SIM115 - closed by the stream
+            dir=manager.state_dir, prefix="upload-", suffix=".tar"
+        )
+        try:
+            async for chunk in request.stream():
+                await run(spool.write, chunk)
+            await run(spool.flush)
+        except BaseException:
+            spool.close()
+            raise
+
+        def events(emit: Callable[[dict[str, Any]], None]) -> None:
+            def progress(message: str) -> None:
+                emit({"event": "step", "message": message})
+
+            def output(data: bytes) -> None:
+                emit({"event": "output", "data": data.decode(errors="replace")})
+
+            try:
+                record = manager.build_snapshot_from(
+                    snapshot_id, Path(spool.name), progress=progress, output=output
+                )
+                emit({"event": "done", "snapshot": Snapshot.of(record).model_dump()})
+            except SetupFailed as exc:
+                emit(
+                    {
+                        "event": "error",
+                        "code": "setup_failed",
+                        "message": str(exc),
+                        "command": exc.command,
+                        "exit_code": exc.exit_code,
+                        "timed_out": exc.timed_out,
+                        "tail": exc.tail,
+                    }
+                )
+            except (SnapshotError, RuntimeError_, NotFound, StoreError, OSError) as exc:
+                emit({"event": "error", "code": "build_failed", "message": str(exc)})
+            finally:
+                spool.close()
+
+        return StreamingResponse(_thread_events(events), media_type=NDJSON)
+
+    @app.get("/v1/snapshots", response_model=list[Snapshot], tags=["snapshots"])
+    async def list_snapshots(project: str | None = None) -> list[Snapshot]:
+        return [Snapshot.of(r) for r in await run(manager.list_snapshots, project)]
+
+    @app.get("/v1/snapshots/{snapshot_id}", response_model=Snapshot, tags=["snapshots"])
+    async def get_snapshot(snapshot_id: IdPath) -> Snapshot:
+        return Snapshot.of(await run(manager.store.get_snapshot, snapshot_id))
+
+    @app.delete("/v1/snapshots/{snapshot_id}", response_model=Snapshot, tags=["snapshots"])
+    async def delete_snapshot(snapshot_id: IdPath) -> Snapshot:
+        return Snapshot.of(await run(manager.delete_snapshot, snapshot_id))
+
+    @app.post("/v1/snapshots/prune", response_model=list[Snapshot], tags=["snapshots"])
+    async def prune_snapshots(all: bool = False) -> list[Snapshot]:
+        removed = await run(lambda: manager.prune_snapshots(keep_latest=not all))
+        return [Snapshot.of(r) for r in removed]
+
+    # -- sidecars ------------------------------------------------------------------------------
+
+    @app.post("/v1/sidecars", response_model=Sidecar, status_code=201, tags=["sidecars"])
+    async def create_sidecar(body: CreateSidecar) -> Sidecar:
+        record = await run(lambda: manager.create_sidecar_from(body.snapshot_id, body.settings))
+        return Sidecar.of(record)
+
+    @app.get("/v1/sidecars", response_model=list[Sidecar], tags=["sidecars"])
+    async def list_sidecars(project: str | None = None) -> list[Sidecar]:
+        return [Sidecar.of(r) for r in await run(manager.list_sidecars, project)]
+
+    @app.get("/v1/sidecars/{sidecar_id}", response_model=Sidecar, tags=["sidecars"])
+    async def get_sidecar(sidecar_id: IdPath) -> Sidecar:
+        return Sidecar.of(await run(manager.get, sidecar_id))
+
+    @app.post("/v1/sidecars/{sidecar_id}/suspend", response_model=Sidecar, tags=["sidecars"])
+    async def suspend(sidecar_id: IdPath) -> Sidecar:
+        return Sidecar.of(await run(manager.suspend, sidecar_id))
+
+    @app.post("/v1/sidecars/{sidecar_id}/resume", response_model=Sidecar, tags=["sidecars"])
+    async def resume(sidecar_id: IdPath) -> Sidecar:
+        return Sidecar.of(await run(manager.resume, sidecar_id))
+
+    @app.post("/v1/sidecars/{sidecar_id}/reset", response_model=Sidecar, tags=["sidecars"])
+    async def reset(sidecar_id: IdPath) -> Sidecar:
+        return Sidecar.of(await run(manager.reset, sidecar_id))
+
+    @app.delete("/v1/sidecars/{sidecar_id}", response_model=Sidecar, tags=["sidecars"])
+    async def destroy(sidecar_id: IdPath) -> Sidecar:
+        return Sidecar.of(await run(manager.destroy, sidecar_id), state="destroyed")
+
+    @app.post(
+        "/v1/sidecars/{sidecar_id}/exec",
+        tags=["sidecars"],
+        response_class=StreamingResponse,
+        responses={
+            200: {
+                "content": {NDJSON: {}},
+                "description": 'lines {"stream": "stdout"|"stderr", "data": base64} then '
+                '{"result": {...}}; a client that disconnects kills the command',
+            }
+        },
+    )
+    async def exec_(sidecar_id: IdPath, body: ExecRequest) -> StreamingResponse:
+        stdin = base64.b64decode(body.stdin, validate=True) if body.stdin else None
+        record = await run(manager.get, sidecar_id)
+        busy = manager.using(record.id)
+        busy.__enter__()
+        try:
+            execution = await run(
+                lambda: manager.exec(
+                    record.id,
+                    body.argv,
+                    env=body.env,
+                    cwd=body.cwd,
+                    timeout=body.timeout_s,
+                    stdin=stdin,
+                )
+            )
+        except BaseException:
+            busy.__exit__(None, None, None)
+            raise
+        return StreamingResponse(_exec_stream(execution, busy), media_type=NDJSON)
+
+    @app.get(
+        "/v1/sidecars/{sidecar_id}/files/{path:path}",
+        tags=["files"],
+        response_class=Response,
+        responses={200: {"content": {"application/octet-stream": {}}}},
+    )
+    async def read(sidecar_id: IdPath, path: str) -> Response:
+        def go() -> bytes:
+            with manager.using(sidecar_id):
+                return files.read_file(manager.workspace(sidecar_id), path)
+
+        return Response(await run(go), media_type="application/octet-stream")
+
+    @app.put("/v1/sidecars/{sidecar_id}/files/{path:path}", status_code=204, tags=["files"])
+    async def write(
+        sidecar_id: IdPath,
+        path: str,
+        request: Request,
+        mode: Annotated[int, Query(ge=0, le=0o7777)] = 0o644,
+    ) -> Response:
+        data = await request.body()
+
+        def go() -> None:
+            with manager.using(sidecar_id):
+                files.write_file(manager.workspace(sidecar_id), path, data, mode & 0o777)
+
+        await run(go)
+        return Response(status_code=204)
+
+    @app.websocket("/v1/sidecars/{sidecar_id}/shell")
+    async def shell(
+        websocket: WebSocket,
+        sidecar_id: str,
+        rows: int = 24,
+        cols: int = 80,
+        command: str = "/bin/sh",
+    ) -> None:
+        try:
+            execution = await run(
+                lambda: manager.exec(sidecar_id, [command, "-i"], pty=True, env={})
+            )
+        except (NotFound, RuntimeError_) as exc:
+            await websocket.close(
+                code=4404 if isinstance(exc, NotFound) else 4409, reason=str(exc)[:120]
+            )
+            return
+        await websocket.accept()
+        execution.resize(rows, cols)
+        await _pump_shell(websocket, execution)
+
+    app.state.manager = manager
+    return app
+
+
+def _thread_events(
+    work: Callable[[Callable[[dict[str, Any]], None]], None],
+) -> AsyncIterator[bytes]:
+    """Run `work` in a thread; each event it emits becomes one NDJSON line, as it happens."""
+
+    async def stream() -> AsyncIterator[bytes]:
+        send, receive = anyio.create_memory_object_stream[dict[str, Any] | None](1024)
+
+        def emit(event: dict[str, Any]) -> None:
+            anyio.from_thread.run(send.send, event)
+
+        async def runner() -> None:
+            try:
+                await anyio.to_thread.run_sync(work, emit)
+            finally:
+                await send.send(None)
+
+        async with anyio.create_task_group() as group:
+            group.start_soon(runner)
+            async with receive:
+                async for event in receive:
+                    if event is None:
+                        break
+                    yield (json.dumps(event) + "\n").encode()
+
+    return stream()
+
+
+async def _exec_stream(
+    execution: Execution, busy: contextlib.AbstractContextManager[None]
+) -> AsyncIterator[bytes]:
+    chunks: Iterator[Any] = execution.chunks()
+    done: Any = object()
+    finished = False
+    try:
+        while True:
+            chunk = await anyio.to_thread.run_sync(next, chunks, done)
+            if chunk is done:
+                break
+            line = {"stream": chunk.stream, "data": base64.b64encode(chunk.data).decode()}
+            yield (json.dumps(line) + "\n").encode()
+        result = await anyio.to_thread.run_sync(execution.result)
+        finished = True
+        yield (json.dumps({"result": ExecResultModel.of(result).model_dump()}) + "\n").encode()
+    finally:
+        if not finished:
+            # The client went away (or the server is stopping): nobody wants the output.
+            execution.kill()
+            with contextlib.suppress(Exception):
+                await anyio.to_thread.run_sync(execution.result)
+        busy.__exit__(None, None, None)
+
+
+async def _pump_shell(websocket: WebSocket, execution: Execution) -> None:
+    chunks: Iterator[Any] = execution.chunks()
+    done: Any = object()
+
+    async def to_client() -> None:
+        while True:
+            chunk = await anyio.to_thread.run_sync(next, chunks, done)
+            if chunk is done:
+                break
+            await websocket.send_bytes(chunk.data)
+        result = await anyio.to_thread.run_sync(execution.result)
+        await websocket.send_text(json.dumps({"exit": result.exit_code}))
+        await websocket.close()
+
+    async def from_client() -> None:
+        while True:
+            message = await websocket.receive()
+            if message["type"] == "websocket.disconnect":
+                raise WebSocketDisconnect()
+            if message.get("bytes"):
+                await anyio.to_thread.run_sync(execution.write, message["bytes"])
+            elif message.get("text"):
+                with contextlib.suppress(ValueError, TypeError, KeyError):
+                    control = json.loads(message["text"])
+                    if "resize" in control:
+                        rows, cols = control["resize"]
+                        execution.resize(int(rows), int(cols))
+                    if "data" in control:
+                        await anyio.to_thread.run_sync(
+                            execution.write, str(control["data"]).encode()
+                        )
+
+    try:
+        async with anyio.create_task_group() as group:
+
+            async def stop_when(coro: Callable[[], Awaitable[None]]) -> None:
+                with contextlib.suppress(WebSocketDisconnect, RuntimeError, OSError):
+                    await coro()
+                group.cancel_scope.cancel()
+
+            group.start_soon(stop_when, to_client)
+            group.start_soon(stop_when, from_client)
+    finally:
+        execution.kill()
+        with contextlib.suppress(Exception):
+            await anyio.to_thread.run_sync(execution.result)

@@ -1,0 +1,115 @@
+"""The client side of getting a working tree to a host: what the snapshot needs, as data and
+as a source archive. (Incremental tree sync arrives here with `microbuild validate`.)
+
+Everything runs git read-only with a temporary index (GIT_INDEX_FILE): the user's index, files
+and refs are never touched.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import subprocess
+import tarfile
+import tempfile
+from pathlib import Path
+
+from microbuild.config import Project
+from microbuild.errors import SnapshotError
+from microbuild.snapshot import SnapshotRequest
+
+
+def _git(root: Path, *args: str, env: dict[str, str] | None = None) -> str:
+    try:
+        proc = subprocess.run(
+            ["git", "-C", str(root), *args],
+            capture_output=True,
+            text=True,
+            env={**os.environ, **(env or {})},
+            check=False,
+        )
+    except FileNotFoundError as exc:
+        raise SnapshotError("git is not installed; install git (apt-get install git)") from exc
+    if proc.returncode != 0:
+        raise SnapshotError(_git_failure(root, args[0], proc.stderr))
+    return proc.stdout.strip()
+
+
+def _git_failure(root: Path, command: str, stderr: str) -> str:
+    lines = [line for line in stderr.strip().splitlines() if line.strip()]
+    fatal = [line for line in lines if line.startswith(("fatal:", "error:"))]
+    detail = (fatal or lines or ["(no message)"])[0]
+    if "safe.directory" in stderr:
+        detail += f"; if you trust it: git config --global --add safe.directory {root}"
+    return f"git {command} failed in {root}: {detail}"
+
+
+def head_commit(root: Path) -> str:
+    head = subprocess.run(
+        ["git", "-C", str(root), "rev-parse", "--verify", "-q", "HEAD^{commit}"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if head.returncode != 0 and not head.stderr.strip():
+        raise SnapshotError(
+            f"{root} has no commit yet; commit once so the snapshot has a base commit"
+        )
+    if head.returncode != 0:
+        raise SnapshotError(_git_failure(root, "rev-parse", head.stderr))
+    return head.stdout.strip()
+
+
+def input_files(project: Project) -> list[Path]:
+    """The files matched by `[snapshot] inputs`, relative to the project root, sorted."""
+    found: set[Path] = set()
+    for pattern in project.config.snapshot.inputs:
+        for path in project.root.glob(pattern):
+            rel = path.relative_to(project.root)
+            if path.is_file() and ".git" not in rel.parts:
+                found.add(rel)
+    return sorted(found)
+
+
+def describe_snapshot(project: Project) -> SnapshotRequest:
+    """What the host needs to find or build this project's snapshot, without any file content
+    but the input files' digests."""
+    commit = head_commit(project.root)
+    inputs = input_files(project)
+    digests = tuple(
+        (rel.as_posix(), hashlib.sha256((project.root / rel).read_bytes()).hexdigest())
+        for rel in inputs
+    )
+    with tempfile.TemporaryDirectory() as tmp:
+        env = {"GIT_INDEX_FILE": str(Path(tmp) / "index")}
+        _git(project.root, "read-tree", commit, env=env)
+        if inputs:
+            _git(project.root, "update-index", "--add", "--", *map(str, inputs), env=env)
+        tree = _git(project.root, "write-tree", env=env)
+    return SnapshotRequest(
+        project=str(project.root),
+        setup=tuple(project.config.snapshot.setup),
+        inputs=digests,
+        timeout_s=project.config.snapshot.timeout_s,
+        sidecar=project.config.sidecar,
+        base_commit=commit,
+        source_tree=tree,
+    )
+
+
+def export_source(project: Project, request: SnapshotRequest, dest: Path) -> None:
+    """Write the snapshot's source as a tar file: the base commit, then the input files as they
+    are in the working tree (later members win when it is unpacked)."""
+    with open(dest, "wb") as out:
+        archive = subprocess.run(
+            ["git", "-C", str(project.root), "archive", "--format=tar", request.base_commit],
+            stdout=out,
+            stderr=subprocess.PIPE,
+            check=False,
+        )
+    if archive.returncode != 0:
+        raise SnapshotError(_git_failure(project.root, "archive", archive.stderr.decode()))
+    if request.inputs:
+        with tarfile.open(dest, "a") as tar:
+            for rel, _digest in request.inputs:
+                tar.add(project.root / rel, arcname=rel, recursive=False)
