@@ -606,7 +606,8 @@ async def _exec_stream(
     finished = False
     try:
         while True:
-            chunk = await anyio.to_thread.run_sync(next, chunks, done)
+            # abandon_on_cancel: a client that goes away must not wait for the next output.
+            chunk = await anyio.to_thread.run_sync(next, chunks, done, abandon_on_cancel=True)
             if chunk is done:
                 break
             line = {"stream": chunk.stream, "data": base64.b64encode(chunk.data).decode()}
@@ -629,7 +630,7 @@ async def _pump_shell(websocket: WebSocket, execution: Execution) -> None:
 
     async def to_client() -> None:
         while True:
-            chunk = await anyio.to_thread.run_sync(next, chunks, done)
+            chunk = await anyio.to_thread.run_sync(next, chunks, done, abandon_on_cancel=True)
             if chunk is done:
                 break
             await websocket.send_bytes(chunk.data)
