@@ -120,8 +120,20 @@ def _require_text(value: str) -> str:
 
 
 def _require_absolute(value: str) -> str:
+    _require_plain(value)
     if not PurePosixPath(value).is_absolute():
         raise ValueError(f"must be an absolute path, got {value!r}")
+    return value
+
+
+def _require_plain(value: str) -> str:
+    """No NUL bytes and no lone surrogates: such text cannot reach the kernel or JSON."""
+    if "\0" in value:
+        raise ValueError(f"must not contain a NUL byte, got {value!r}")
+    try:
+        value.encode()
+    except UnicodeEncodeError:
+        raise ValueError(f"must be valid UTF-8 text, got {value!r}") from None
     return value
 
 
@@ -167,8 +179,8 @@ class SidecarConfig(BaseModel):
     runtime: Literal["auto", "namespace", "process"] = "auto"
     memory: int = Field(default=4 * GiB, strict=True)
     """Memory limit in bytes; the config may say ``"4GiB"``."""
-    pids: int = Field(default=1024, ge=8, strict=True)
-    cpus: float | None = Field(default=2.0, gt=0, strict=True, allow_inf_nan=False)
+    pids: int = Field(default=1024, ge=8, le=4_194_304, strict=True)
+    cpus: float | None = Field(default=2.0, gt=0, le=4096, strict=True, allow_inf_nan=False)
     """CPU limit; ``None`` (``"none"`` in TOML, which has no null) means unlimited."""
     network: Literal["none", "host"] = "none"
     idle_suspend_s: float = Field(default=300, ge=0, strict=True, allow_inf_nan=False)
@@ -188,6 +200,8 @@ class SidecarConfig(BaseModel):
         minimum = _SIZE_MINIMUM[info.field_name or ""]
         if size < minimum:
             raise ValueError(f"must be at least {_format_size(minimum)}, got {value!r}")
+        if size > 1 << 50:
+            raise ValueError(f"must be at most 1PiB, got {value!r}")
         return size
 
     @field_validator("cpus", mode="before")
@@ -205,9 +219,11 @@ class SidecarConfig(BaseModel):
     @field_validator("env")
     @classmethod
     def _env_names(cls, value: dict[str, str]) -> dict[str, str]:
-        for name in value:
+        for name, text in value.items():
             if not name or "=" in name or "\0" in name:
                 raise ValueError(f"invalid environment variable name {name!r}")
+            _require_plain(name)
+            _require_plain(text)
         return value
 
 

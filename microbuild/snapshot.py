@@ -25,9 +25,9 @@ from collections import deque
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from microbuild.config import SidecarConfig
+from microbuild.config import SidecarConfig, _require_plain
 from microbuild.errors import SetupFailed, SnapshotError
 from microbuild.runtime import Limits, Runtime, RuntimeError_, SidecarHandle, SidecarSpec
 from microbuild.store import SnapshotRecord, Store
@@ -62,6 +62,12 @@ class SnapshotRequest(BaseModel):
     sidecar: SidecarConfig = Field(default_factory=SidecarConfig)
     base_commit: str = Field(pattern=r"^[0-9a-f]{40,64}$")
     source_tree: str = Field(pattern=r"^[0-9a-f]{40,64}$")
+
+    @model_validator(mode="after")
+    def _plain_text(self) -> SnapshotRequest:
+        for text in (self.project, *self.setup, *(p for pair in self.inputs for p in pair)):
+            _require_plain(text)
+        return self
 
 
 def snapshot_key(request: SnapshotRequest, runtime: Runtime) -> tuple[str, str]:

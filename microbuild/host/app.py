@@ -20,12 +20,14 @@ from typing import Annotated, Any, Literal
 
 import anyio
 from fastapi import FastAPI, Query, Request, WebSocket, WebSocketDisconnect
+from fastapi.encoders import jsonable_encoder
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from microbuild import __version__
-from microbuild.config import SidecarConfig
+from microbuild.config import SidecarConfig, _require_plain
 from microbuild.errors import ConfigError, SetupFailed, SnapshotError
 from microbuild.host import files
 from microbuild.host.manager import AdmissionRefused, SidecarDead, SidecarManager
@@ -120,6 +122,20 @@ class ExecRequest(BaseModel):
     cwd: str | None = Field(default=None, max_length=4096)
     timeout_s: float | None = Field(default=None, gt=0, le=7 * 86400)
     stdin: str | None = Field(default=None, description="base64")
+
+    @model_validator(mode="after")
+    def _checked(self) -> ExecRequest:
+        for text in (*self.argv, *self.env, *self.env.values(), self.cwd or ""):
+            _require_plain(text)
+        for name in self.env:
+            if not name or "=" in name:
+                raise ValueError(f"invalid environment variable name {name!r}")
+        if self.stdin is not None:
+            try:
+                base64.b64decode(self.stdin, validate=True)
+            except (ValueError, TypeError):
+                raise ValueError("stdin must be base64") from None
+        return self
 
 
 class ExecResultModel(BaseModel):
@@ -322,6 +338,16 @@ def create_app(
 
         return handle
 
+    @app.exception_handler(RequestValidationError)
+    async def invalid_request(_request: Request, exc: RequestValidationError) -> Response:
+        # ensure_ascii: the offending input is echoed back and may hold lone surrogates.
+        body = {"detail": jsonable_encoder(exc.errors(), exclude={"ctx", "url"})}
+        return Response(
+            json.dumps(body, ensure_ascii=True, default=repr),
+            status_code=422,
+            media_type="application/json",
+        )
+
     for exc_type, status, code in (
         (NotFound, 404, "not_found"),
         (ConfigError, 422, "invalid_config"),
@@ -337,6 +363,7 @@ def create_app(
         (IsADirectoryError, 403, "path_refused"),
         (NotADirectoryError, 403, "path_refused"),
         (PermissionError, 403, "path_refused"),
+        (files.PathInvalid, 400, "path_invalid"),
     ):
         app.add_exception_handler(exc_type, handler(status, code))
 
@@ -428,7 +455,7 @@ def create_app(
                         "tail": exc.tail,
                     }
                 )
-            except (SnapshotError, RuntimeError_, NotFound, StoreError, OSError) as exc:
+            except Exception as exc:  # the stream must end with an event, whatever happened
                 emit({"event": "error", "code": "build_failed", "message": str(exc)})
             finally:
                 spool.close()

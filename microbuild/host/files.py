@@ -26,6 +26,13 @@ class PathRefused(Exception):
     """The path leaves the workspace, or is not a regular file / directory where one is needed."""
 
 
+class PathInvalid(Exception):
+    """The path cannot name a file at all (too long, too deep, not text)."""
+
+
+MAX_PATH_PARTS = 256
+
+
 class _OpenHow(ctypes.Structure):
     _fields_ = (
         ("flags", ctypes.c_uint64),
@@ -40,6 +47,14 @@ _openat2_works: bool | None = None
 def _check_relative(path: str) -> str:
     if not path or path.startswith("/") or "\x00" in path:
         raise PathRefused(f"{path!r}: give a path relative to the workspace")
+    try:
+        path.encode()
+    except UnicodeEncodeError:
+        raise PathInvalid(f"{path!r} is not valid UTF-8") from None
+    if len(path) > 4096 or path.count("/") >= MAX_PATH_PARTS:
+        raise PathInvalid(f"path too long or too deep (at most {MAX_PATH_PARTS} parts)")
+    if any(len(part.encode()) > 255 for part in path.split("/")):
+        raise PathInvalid("a path component is longer than 255 bytes")
     return path
 
 

@@ -9,7 +9,9 @@ from __future__ import annotations
 import fcntl
 import os
 import selectors
+import shutil
 import struct
+import subprocess
 import termios
 import time
 from abc import ABC, abstractmethod
@@ -251,6 +253,22 @@ class Execution:
         for chunk in self.chunks():
             (out if chunk.stream == "stdout" else err).append(chunk.data)
         return self.result(), b"".join(out), b"".join(err)
+
+
+def remove_tree(path: Path | str) -> None:
+    """rm -rf without recursion limits (a sidecar may leave a tree thousands deep) and
+    without crossing into other filesystems."""
+    if not os.path.lexists(path):
+        return
+    try:
+        subprocess.run(
+            ["rm", "-rf", "--one-file-system", "--", str(path)],
+            check=False,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+    except FileNotFoundError:
+        shutil.rmtree(path, ignore_errors=True)
 
 
 def exit_code_of(status: int) -> tuple[int, int | None]:

@@ -39,6 +39,7 @@ from microbuild.runtime.base import (
     SidecarSpec,
     SidecarStats,
     exit_code_of,
+    remove_tree,
 )
 from microbuild.runtime.zygote import Zygote, ZygoteProcess
 
@@ -165,6 +166,8 @@ class NamespaceRuntime(Runtime):
         bottom, binds = self._layouts[key]
         if not os.path.isdir(bottom):
             del self._layouts[key]
+            if spec.rootfs is not None:
+                raise RuntimeError_(f"rootfs {spec.rootfs} is not a directory on this host")
             return self._layout(spec)
         return bottom, binds
 
@@ -185,7 +188,7 @@ class NamespaceRuntime(Runtime):
             except FileNotFoundError:  # a concurrent destroy pruned the empty root just now
                 group.create()
             group.set_limits(spec.limits)
-        except (OSError, cg.CgroupError) as exc:
+        except Exception as exc:
             with contextlib.suppress(Exception):
                 group.remove()
             shutil.rmtree(sdir, ignore_errors=True)
@@ -734,7 +737,7 @@ def _wait_gone(pid: int | None, start: int | None, timeout: float = 10) -> None:
 
 
 def _remove_tree(path: Path) -> None:
-    shutil.rmtree(path, ignore_errors=True)
+    remove_tree(path)
     if path.exists():
         raise RuntimeError_(f"could not remove {path}; remove it by hand")
 

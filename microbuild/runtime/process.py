@@ -29,6 +29,7 @@ from microbuild.runtime.base import (
     SidecarSpec,
     SidecarStats,
     exit_code_of,
+    remove_tree,
 )
 
 WARNING = (
@@ -83,7 +84,7 @@ class ProcessRuntime(Runtime):
         self._suspended_flag(handle).unlink(missing_ok=True)
 
     def destroy(self, handle: SidecarHandle) -> None:
-        shutil.rmtree(handle.dir, ignore_errors=True)
+        remove_tree(handle.dir)
 
     def stats(self, handle: SidecarHandle) -> SidecarStats:
         self._root(handle)
