@@ -13,6 +13,7 @@ import contextlib
 import fcntl
 import json
 import os
+import ssl
 import subprocess
 import sys
 import time
@@ -53,7 +54,11 @@ class Client:
         self.uds = uds
         headers = {"Authorization": f"Bearer {token}"} if token else {}
         self.token = token
-        transport = httpx.HTTPTransport(uds=uds) if uds else httpx.HTTPTransport(verify=verify)
+        if isinstance(verify, str):
+            verify_arg: bool | ssl.SSLContext = ssl.create_default_context(cafile=verify)
+        else:
+            verify_arg = verify
+        transport = httpx.HTTPTransport(uds=uds) if uds else httpx.HTTPTransport(verify=verify_arg)
         self._http = httpx.Client(
             base_url=base_url, headers=headers, transport=transport, timeout=API_TIMEOUT
         )

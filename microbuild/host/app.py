@@ -24,6 +24,7 @@ from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field, model_validator
+from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from microbuild import __version__
@@ -183,8 +184,9 @@ def _json_error(status: int, code: str, message: str) -> JSONResponse:
 class GuardMiddleware:
     """Bearer-token authentication (HTTP and WebSocket) and request body limits.
 
-    A body over its limit is refused with 413 before the handler sees any of it, whether the
-    client announced its length or streamed it chunked.
+    A body over its limit is refused with 413: at once when its Content-Length says so, and as
+    soon as a chunked body passes the limit while a handler reads it (routes that take no body
+    never read it, so it costs nothing).
     """
 
     def __init__(self, app: ASGIApp, token: str | None, activity: Activity) -> None:
@@ -249,7 +251,7 @@ class GuardMiddleware:
                 received += len(message.get("body", b""))
                 if received > limit:
                     refused = True
-                    raise _BodyTooLarge()
+                    raise _BodyTooLarge(limit)
             return message
 
         started = False
@@ -269,8 +271,12 @@ class GuardMiddleware:
                 )
 
 
-class _BodyTooLarge(Exception):
-    pass
+class _BodyTooLarge(StarletteHTTPException):
+    """Raised while a handler reads its body. An HTTPException, because FastAPI turns any other
+    exception raised during body parsing into a 400."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(413, f"request body over {limit} bytes")
 
 
 class Activity:
@@ -337,6 +343,10 @@ def create_app(
             return _json_error(status, code, str(exc).splitlines()[0] if str(exc) else code)
 
         return handle
+
+    @app.exception_handler(_BodyTooLarge)
+    async def too_large(_request: Request, exc: _BodyTooLarge) -> Response:
+        return _json_error(413, "body_too_large", exc.detail)
 
     @app.exception_handler(RequestValidationError)
     async def invalid_request(_request: Request, exc: RequestValidationError) -> Response:
