@@ -617,6 +617,11 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--n", type=int, default=100, help="iterations per figure (100)")
     parser.add_argument("--json", action="store_true", help="print the figures as JSON")
+    parser.add_argument(
+        "--zygote",
+        action="store_true",
+        help="fork sidecar processes from the zygote helper, as the host does",
+    )
     args = parser.parse_args(argv)
     n: int = max(1, args.n)
     # Not a terminal (piped, captured): don't squeeze the table into 80 columns.
@@ -647,7 +652,8 @@ def main(argv: list[str] | None = None) -> int:
 
         namespace: Runtime | None = None
         try:
-            namespace = get_runtime("namespace", state / "namespace")
+            namespace = get_runtime("namespace", state / "namespace", zygote=args.zygote)
+            report.machine["forks"] = "zygote helper" if args.zygote else "this process"
         except RuntimeUnavailable as exc:
             report.namespace_unavailable = str(exc)
             err.print(f"[yellow]namespace runtime unavailable: {exc}; measuring process only")
