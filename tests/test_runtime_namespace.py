@@ -394,3 +394,22 @@ def test_empty_cgroup_root_is_removed_after_last_destroy(
     namespace_runtime.destroy(h)
     if not others:  # another test run may share the root; then it must stay
         assert not memory_root.exists()
+
+
+def test_host_network_for_one_command(
+    namespace_runtime: NamespaceRuntime, make_sidecar: SidecarFactory
+) -> None:
+    """A check that says network = "host" reaches the host's loopback; the sidecar stays offline."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(8)
+    port = listener.getsockname()[1]
+    probe = f"import socket; socket.create_connection(('127.0.0.1', {port}), timeout=3)"
+    try:
+        h = make_sidecar(network="none")
+        online = namespace_runtime.exec(h, ["python3", "-c", probe], host_network=True)
+        assert online.result().exit_code == 0
+        offline = namespace_runtime.exec(h, ["python3", "-c", probe])
+        assert offline.result().exit_code != 0
+    finally:
+        listener.close()

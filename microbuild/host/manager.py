@@ -307,11 +307,21 @@ class SidecarManager:
         timeout: float | None = None,
         stdin: bytes | None = None,
         pty: bool = False,
+        host_network: bool = False,
     ) -> Execution:
         """Run a command; a suspended sidecar is resumed first, transparently."""
         record, rt, handle = self.wake(ident)
         try:
-            return rt.exec(handle, argv, env=env, cwd=cwd, timeout=timeout, stdin=stdin, pty=pty)
+            return rt.exec(
+                handle,
+                argv,
+                env=env,
+                cwd=cwd,
+                timeout=timeout,
+                stdin=stdin,
+                pty=pty,
+                host_network=host_network,
+            )
         except SidecarGone:
             self.store.set_sidecar_state(record.id, "dead")
             raise

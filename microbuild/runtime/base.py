@@ -304,9 +304,12 @@ class Runtime(ABC):
         timeout: float | None = None,
         stdin: bytes | None = None,
         pty: bool = False,
+        host_network: bool = False,
     ) -> Execution:
         """Start a command. With `pty`, it gets a terminal (stdin, stdout and stderr) that the
-        caller drives with `Execution.write` / `resize`; output arrives as stdout."""
+        caller drives with `Execution.write` / `resize`; output arrives as stdout. With
+        `host_network`, it uses the host's network even in a sidecar that has none (a check
+        that says `network = "host"`)."""
 
     @abstractmethod
     def suspend(self, handle: SidecarHandle) -> None: ...

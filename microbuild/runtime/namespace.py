@@ -317,6 +317,7 @@ class NamespaceRuntime(Runtime):
         timeout: float | None = None,
         stdin: bytes | None = None,
         pty: bool = False,
+        host_network: bool = False,
     ) -> Execution:
         if not argv:
             raise RuntimeError_("nothing to run: give a command")
@@ -345,8 +346,9 @@ class NamespaceRuntime(Runtime):
             full_env["TERM"] = (env or {}).get("TERM", "xterm-256color")
         assert pid is not None
         start = self._start_via_zygote if self._zygote is not None else self._start_via_fork
+        namespaces = [ns for ns in NAMESPACES if not (host_network and ns == "net")]
         try:
-            proc = start(handle, pid, exec_group, workdir, argv, full_env, stdin, slave)
+            proc = start(handle, pid, exec_group, workdir, argv, full_env, stdin, slave, namespaces)
         except BaseException as exc:
             with contextlib.suppress(cg.CgroupError, OSError):
                 exec_group.remove()
@@ -405,8 +407,9 @@ class NamespaceRuntime(Runtime):
         full_env: dict[str, str],
         stdin: bytes | None,
         slave: int | None,
+        namespaces: list[str],
     ) -> ProcessLike:
-        ns_fds = [os.open(f"/proc/{pid}/ns/{ns}", os.O_RDONLY | os.O_CLOEXEC) for ns in NAMESPACES]
+        ns_fds = [os.open(f"/proc/{pid}/ns/{ns}", os.O_RDONLY | os.O_CLOEXEC) for ns in namespaces]
         preexec = _enter_sidecar(
             exec_group.procs_files(),
             ns_fds,
@@ -452,6 +455,7 @@ class NamespaceRuntime(Runtime):
         full_env: dict[str, str],
         stdin: bytes | None,
         slave: int | None,
+        namespaces: list[str],
     ) -> ProcessLike:
         assert self._zygote is not None
         theirs: list[int] = []
@@ -484,6 +488,7 @@ class NamespaceRuntime(Runtime):
                 stdout=child_fds[1],
                 stderr=child_fds[2],
                 tty=slave is not None,
+                namespaces=namespaces,
             )
         except BaseException:
             for fd in ours:

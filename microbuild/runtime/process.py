@@ -142,6 +142,7 @@ class ProcessRuntime(Runtime):
         timeout: float | None = None,
         stdin: bytes | None = None,
         pty: bool = False,
+        host_network: bool = False,
     ) -> Execution:
         if not argv:
             raise RuntimeError_("nothing to run: give a command")

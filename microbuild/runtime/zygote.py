@@ -178,6 +178,7 @@ class Zygote:
         stdout: int,
         stderr: int,
         tty: bool,
+        namespaces: list[str],
     ) -> tuple[int, int]:
         """Start a command in the sidecar; returns (pid, fd that yields its wait status)."""
         status_r, status_w = os.pipe()
@@ -192,6 +193,7 @@ class Zygote:
                     "argv": argv,
                     "env": env,
                     "tty": tty,
+                    "namespaces": namespaces,
                 },
                 [stdin, stdout, stderr, status_w],
             )
@@ -260,7 +262,7 @@ def _start_command(
     stdin, stdout, stderr, status_w = fds
     ns_fds = [
         os.open(f"/proc/{request['init_pid']}/ns/{ns}", os.O_RDONLY | os.O_CLOEXEC)
-        for ns in ("ipc", "uts", "net", "pid", "mnt")
+        for ns in request["namespaces"]
     ]
     try:
         middle = os.fork()
