@@ -230,6 +230,64 @@ class Client:
                 yield event["stream"], base64.b64decode(event["data"])
         raise HostError(0, "stream_ended", "the host ended the exec stream without a result")
 
+    def sync(
+        self,
+        sidecar_id: str,
+        *,
+        to_tree: str,
+        payload: bytes,
+        kind: str = "patch",
+        from_tree: str | None = None,
+        reset: bool = False,
+    ) -> dict[str, Any]:
+        params: dict[str, Any] = {"to": to_tree, "format": kind, "reset": reset}
+        if from_tree is not None:
+            params["from"] = from_tree
+        return self._request(  # type: ignore[no-any-return]
+            "POST",
+            f"/v1/sidecars/{_id(sidecar_id)}/sync",
+            params=params,
+            content=payload,
+            headers={"Content-Type": "application/octet-stream"},
+        )
+
+    def cached_run(self, tree: str, config_hash: str, snapshot_id: str) -> dict[str, Any] | None:
+        try:
+            return self._request(  # type: ignore[no-any-return]
+                "GET",
+                "/v1/runs/cached",
+                params={"tree": tree, "config_hash": config_hash, "snapshot_id": snapshot_id},
+            )
+        except HostError as exc:
+            if exc.status == 404:
+                return None
+            raise
+
+    def microbuild(
+        self,
+        sidecar_id: str,
+        *,
+        checks: list[dict[str, Any]],
+        tree: str,
+        config_hash: str,
+        project: str,
+        fail_fast: bool = True,
+    ) -> Iterator[dict[str, Any]]:
+        """Run the checks in the sidecar; yields the host's events as they happen."""
+        body = {
+            "checks": checks,
+            "tree": tree,
+            "config_hash": config_hash,
+            "project": project,
+            "fail_fast": fail_fast,
+        }
+        with self._stream(
+            "POST", f"/v1/sidecars/{_id(sidecar_id)}/microbuilds", json=body
+        ) as response:
+            for line in response.iter_lines():
+                if line.strip():
+                    yield json.loads(line)
+
     def read_file(self, sidecar_id: str, path: str) -> bytes:
         try:
             response = self._http.get(f"/v1/sidecars/{_id(sidecar_id)}/files/{path}")

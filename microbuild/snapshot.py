@@ -34,6 +34,7 @@ from microbuild.store import SnapshotRecord, Store
 
 KEY_VERSION = 1
 TAIL_LINES = 20
+MANIFEST = "manifest.json"
 
 __all__ = [
     "SetupFailed",
@@ -211,6 +212,7 @@ def _build(
     try:
         say(f"unpacking {request.project} at {request.base_commit[:10]}")
         _unpack(source_tar, source / "workspace")
+        _write_manifest(source / "workspace", sdir / MANIFEST)
         spec = spec_for(request.sidecar, (str(source),), "host")
         handle = runtime.create(f"sb_{record.id[3:]}_{secrets.token_hex(3)}", spec)
         try:
@@ -225,7 +227,7 @@ def _build(
                 runtime.destroy(handle)
             raise
         for leftover in sdir.iterdir():
-            if str(leftover) not in layers:
+            if str(leftover) not in layers and leftover.name != MANIFEST:
                 shutil.rmtree(leftover, ignore_errors=True)
     except BaseException as exc:
         shutil.rmtree(sdir, ignore_errors=True)
@@ -244,6 +246,23 @@ def _build(
     store.put_snapshot(record)
     say(f"snapshot {record.id} ready in {record.build_s:.1f} s")
     return record
+
+
+def _write_manifest(workspace: Path, dest: Path) -> None:
+    """The files of the snapshot's source tree: what a full resync must delete first."""
+    paths = []
+    for dirpath, dirs, files in os.walk(workspace):
+        for name in files + [d for d in dirs if os.path.islink(os.path.join(dirpath, d))]:
+            paths.append(os.path.relpath(os.path.join(dirpath, name), workspace))
+    dest.write_text(json.dumps(sorted(paths)))
+
+
+def manifest(snapshot_dir: Path) -> list[str]:
+    try:
+        data = json.loads((snapshot_dir / MANIFEST).read_text())
+    except (OSError, ValueError):
+        return []
+    return [p for p in data if isinstance(p, str)]
 
 
 def _du(path: Path) -> int:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shutil
 import subprocess
 import tarfile
 import tempfile
@@ -113,3 +114,71 @@ def export_source(project: Project, request: SnapshotRequest, dest: Path) -> Non
         with tarfile.open(dest, "a") as tar:
             for rel, _digest in request.inputs:
                 tar.add(project.root / rel, arcname=rel, recursive=False)
+
+
+# -- incremental sync ------------------------------------------------------------------------
+
+
+def git_dir(root: Path) -> Path:
+    return Path(_git(root, "rev-parse", "--absolute-git-dir"))
+
+
+def tree_id(root: Path) -> str:
+    """The working tree (tracked and untracked-but-not-ignored files) as a git tree id.
+
+    Staged with a temporary copy of the index — its stat cache means only changed files are
+    hashed — so the user's index, files and refs are never touched.
+    """
+    index = git_dir(root) / "index"
+    with tempfile.TemporaryDirectory(prefix="microbuild-index-") as tmp:
+        temp_index = Path(tmp) / "index"
+        if index.exists():
+            shutil.copyfile(index, temp_index)
+        env = {"GIT_INDEX_FILE": str(temp_index), "GIT_OPTIONAL_LOCKS": "0"}
+        _git(root, "add", "--all", "--", ":/", env=env)
+        return _git(root, "write-tree", env=env)
+
+
+def has_object(root: Path, oid: str) -> bool:
+    probe = subprocess.run(
+        ["git", "-C", str(root), "cat-file", "-e", f"{oid}^{{tree}}"],
+        capture_output=True,
+        check=False,
+    )
+    return probe.returncode == 0
+
+
+def tree_diff(root: Path, old: str, new: str) -> bytes:
+    """`git diff --binary` between two trees: what a sidecar holding `old` needs."""
+    proc = subprocess.run(
+        [
+            "git",
+            "-C",
+            str(root),
+            "diff",
+            "--binary",
+            "--full-index",
+            "--no-color",
+            "--no-ext-diff",
+            "--no-textconv",
+            "-M",
+            old,
+            new,
+        ],
+        capture_output=True,
+        check=False,
+    )
+    if proc.returncode != 0:
+        raise SnapshotError(_git_failure(root, "diff", proc.stderr.decode(errors="replace")))
+    return proc.stdout
+
+
+def tree_archive(root: Path, tree: str) -> bytes:
+    proc = subprocess.run(
+        ["git", "-C", str(root), "archive", "--format=tar", tree],
+        capture_output=True,
+        check=False,
+    )
+    if proc.returncode != 0:
+        raise SnapshotError(_git_failure(root, "archive", proc.stderr.decode(errors="replace")))
+    return proc.stdout

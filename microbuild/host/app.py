@@ -31,7 +31,13 @@ from microbuild import __version__
 from microbuild.config import SidecarConfig, _require_plain
 from microbuild.errors import ConfigError, SetupFailed, SnapshotError
 from microbuild.host import files
-from microbuild.host.manager import AdmissionRefused, SidecarDead, SidecarManager
+from microbuild.host.manager import (
+    AdmissionRefused,
+    ApplyFailed,
+    SidecarDead,
+    SidecarManager,
+    TreeMismatch,
+)
 from microbuild.runtime import ExecResult, Execution, RuntimeError_, RuntimeUnavailable, SidecarGone
 from microbuild.snapshot import SnapshotRequest
 from microbuild.store import NotFound, SidecarRecord, SnapshotRecord, StoreError
@@ -227,7 +233,7 @@ class GuardMiddleware:
             await self.app(scope, receive, send)
             return
         path = scope.get("path", "")
-        limit = SOURCE_BODY_LIMIT if path.endswith("/source") else JSON_BODY_LIMIT
+        limit = SOURCE_BODY_LIMIT if path.endswith(("/source", "/sync")) else JSON_BODY_LIMIT
         if "/files/" in path:
             limit = files.MAX_FILE_BYTES
         for name, value in scope.get("headers", []):
@@ -362,6 +368,8 @@ def create_app(
         (NotFound, 404, "not_found"),
         (ConfigError, 422, "invalid_config"),
         (files.PathRefused, 403, "path_refused"),
+        (TreeMismatch, 409, "tree_mismatch"),
+        (ApplyFailed, 409, "apply_failed"),
         (SidecarDead, 409, "sidecar_dead"),
         (SidecarGone, 409, "sidecar_dead"),
         (SnapshotError, 409, "snapshot_error"),
@@ -603,6 +611,9 @@ def create_app(
         execution.resize(rows, cols)
         await _pump_shell(websocket, execution)
 
+    from microbuild.host.sync_api import router as sync_router
+
+    app.include_router(sync_router(manager))
     app.state.manager = manager
     return app
 

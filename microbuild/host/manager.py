@@ -41,6 +41,14 @@ class SidecarDead(RuntimeError_):
     """The sidecar's processes are gone; it was marked dead and must be reset or destroyed."""
 
 
+class TreeMismatch(RuntimeError_):
+    """The sidecar does not hold the tree a patch starts from: the client must resync."""
+
+
+class ApplyFailed(RuntimeError_):
+    """A patch or archive did not apply; the sidecar's tree is unchanged (git apply is atomic)."""
+
+
 class AdmissionRefused(RuntimeError_):
     """A new sidecar would exceed `max_sidecars` or leave the machine without memory."""
 
@@ -369,6 +377,66 @@ class SidecarManager:
             rt.destroy(handle)
         self.store.delete_sidecar(record.id)
         return record
+
+    def sync(
+        self,
+        ident: str,
+        *,
+        to_tree: str,
+        payload: bytes,
+        kind: str = "patch",
+        from_tree: str | None = None,
+        reset: bool = False,
+    ) -> SidecarRecord:
+        """Bring a sidecar's workspace to `to_tree`: apply a `git diff --binary` patch from the
+        tree it holds (or, with `reset`, from its snapshot's source tree after a fresh layer),
+        or unpack a whole archive of the tree after a reset. All of it runs inside the sidecar,
+        so no path in a patch can reach the host; nothing is half-applied."""
+        if kind not in ("patch", "tar"):
+            raise ApplyFailed(f"unknown sync payload {kind!r}; use patch or tar")
+        record = self.store.get_sidecar(ident)
+        if reset or kind == "tar":
+            record = self.reset(record.id)
+        elif record.state == "dead":
+            raise SidecarDead(f"sidecar {record.id} is dead; reset it")
+        if kind == "patch":
+            if from_tree is not None and record.tree != from_tree:
+                raise TreeMismatch(
+                    f"sidecar {record.id} holds tree {record.tree}, not {from_tree}; resync"
+                )
+            if payload.strip():
+                self._run_in(
+                    record.id,
+                    ["git", "apply", "--binary", "--whitespace=nowarn", "--allow-empty", "-"],
+                    payload,
+                    "the patch did not apply",
+                )
+        else:
+            snap = self.store.find_snapshot(record.snapshot_id)
+            base = self.runtime(record.runtime).state_dir / "snapshots" / record.snapshot_id
+            old = snapshot.manifest(base) if snap else []
+            if old:
+                listing = "\0".join(old).encode() + b"\0"
+                self._run_in(
+                    record.id, ["xargs", "-0", "-r", "rm", "-f", "--"], listing, "cleanup failed"
+                )
+            self._run_in(
+                record.id,
+                ["tar", "-x", "--no-same-owner", "-f", "-"],
+                payload,
+                "the archive did not unpack",
+            )
+        record.tree = to_tree
+        record.last_used_at = time.time()
+        self.store.put_sidecar(record)
+        return record
+
+    def _run_in(self, ident: str, argv: list[str], stdin: bytes, what: str) -> None:
+        with self.using(ident):
+            result, out, err = self.exec(ident, argv, stdin=stdin, timeout=600).collect()
+        if result.exit_code != 0:
+            detail = (err or out).decode(errors="replace").strip().splitlines()
+            raise ApplyFailed(f"{what}: {detail[-1] if detail else f'exit {result.exit_code}'}")
 
     def stats(self, ident: str) -> SidecarStats:
         _record, rt, handle = self._live(ident)
