@@ -251,12 +251,20 @@ class Client:
             headers={"Content-Type": "application/octet-stream"},
         )
 
-    def cached_run(self, tree: str, config_hash: str, snapshot_id: str) -> dict[str, Any] | None:
+    def cached_run(
+        self, tree: str, config_hash: str, snapshot_id: str, *, complete: bool = False
+    ) -> dict[str, Any] | None:
+        """A finished run for this key, if any; `complete`: not one that fail-fast cut short."""
         try:
             return self._request(  # type: ignore[no-any-return]
                 "GET",
                 "/v1/runs/cached",
-                params={"tree": tree, "config_hash": config_hash, "snapshot_id": snapshot_id},
+                params={
+                    "tree": tree,
+                    "config_hash": config_hash,
+                    "snapshot_id": snapshot_id,
+                    "complete": complete,
+                },
             )
         except HostError as exc:
             if exc.status == 404:

@@ -1,4 +1,5 @@
-"""State that must survive a restart: snapshots and sidecars, in one small SQLite file.
+"""State that must survive a restart: snapshots, sidecars and microbuild runs, in one small
+SQLite file.
 
 Like pre-commit's Store: a thin, explicit layer over stdlib sqlite3 with a schema version, WAL
 so that the CLI and a host can read while another writes, and plain records in and out.
@@ -17,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS snapshots (
@@ -51,6 +52,35 @@ CREATE TABLE IF NOT EXISTS sidecars (
     last_used_at REAL NOT NULL
 );
 CREATE INDEX IF NOT EXISTS sidecars_snapshot ON sidecars(snapshot_id);
+CREATE TABLE IF NOT EXISTS runs (
+    id TEXT PRIMARY KEY,
+    project TEXT NOT NULL,
+    sidecar_id TEXT NOT NULL,
+    snapshot_id TEXT NOT NULL,
+    tree TEXT NOT NULL,
+    config_hash TEXT NOT NULL,
+    status TEXT NOT NULL,
+    fail_fast INTEGER NOT NULL DEFAULT 1,
+    started_at REAL NOT NULL,
+    wall_s REAL NOT NULL DEFAULT 0,
+    cpu_s REAL NOT NULL DEFAULT 0,
+    cached_from TEXT,
+    error TEXT
+);
+CREATE INDEX IF NOT EXISTS runs_cache_key ON runs(tree, config_hash, snapshot_id, started_at);
+CREATE INDEX IF NOT EXISTS runs_project ON runs(project, started_at);
+CREATE TABLE IF NOT EXISTS check_results (
+    run_id TEXT NOT NULL,
+    position INTEGER NOT NULL,
+    name TEXT NOT NULL,
+    status TEXT NOT NULL,
+    exit_code INTEGER,
+    duration_s REAL NOT NULL DEFAULT 0,
+    cpu_s REAL,
+    log_path TEXT,
+    reason TEXT,
+    PRIMARY KEY (run_id, position)
+);
 """
 
 MIGRATIONS = {
@@ -59,10 +89,16 @@ MIGRATIONS = {
         "ALTER TABLE snapshots ADD COLUMN request TEXT NOT NULL DEFAULT 'null'",
         "ALTER TABLE sidecars ADD COLUMN settings TEXT NOT NULL DEFAULT '{}'",
     ),
+    # version 2 -> 3: microbuild runs and their check results (new tables, made by SCHEMA).
+    2: (),
 }
 
 SNAPSHOT_STATES = ("pending", "building", "ready", "failed")
 SIDECAR_STATES = ("creating", "running", "suspended", "dead")
+RUN_STATES = ("running", "passed", "failed", "error")
+CHECK_STATES = ("passed", "failed", "timed_out", "error", "skipped")
+# Only results that say something about the code are reused; environment failures are not.
+CACHEABLE_RUN_STATES = ("passed", "failed")
 
 
 class StoreError(Exception):
@@ -129,6 +165,62 @@ class SidecarRecord:
         return data
 
 
+@dataclass
+class CheckResult:
+    """One check of a run: how it ended, and where its full log is (None: it never ran)."""
+
+    name: str
+    status: str
+    exit_code: int | None = None
+    duration_s: float = 0.0
+    cpu_s: float | None = None
+    log_path: str | None = None
+    reason: str | None = None
+    """Why an `error` or `timed_out` check is the environment's fault, in a few words."""
+
+
+@dataclass
+class RunRecord:
+    """One microbuild: the checks run (or answered from the cache) against one synced tree."""
+
+    id: str
+    project: str
+    sidecar_id: str
+    snapshot_id: str
+    tree: str
+    config_hash: str
+    status: str
+    fail_fast: bool = True
+    started_at: float = field(default_factory=time.time)
+    wall_s: float = 0.0
+    cpu_s: float = 0.0
+    cached_from: str | None = None
+    error: str | None = None
+    """Why the run itself ended as an `error` when no check says so (e.g. cancelled)."""
+    checks: list[CheckResult] = field(default_factory=list)
+
+    @property
+    def cached(self) -> bool:
+        return self.cached_from is not None
+
+
+_RUN_COLUMNS = (
+    "id",
+    "project",
+    "sidecar_id",
+    "snapshot_id",
+    "tree",
+    "config_hash",
+    "status",
+    "fail_fast",
+    "started_at",
+    "wall_s",
+    "cpu_s",
+    "cached_from",
+    "error",
+)
+_CHECK_COLUMNS = ("name", "status", "exit_code", "duration_s", "cpu_s", "log_path", "reason")
+
 _JSON_COLUMNS = {"layers", "setup", "inputs", "handle", "settings", "request"}
 
 
@@ -194,7 +286,9 @@ class Store:
         with self.transaction() as db:
             db.execute(f"INSERT OR REPLACE INTO {table} ({cols}) VALUES ({marks})", values)
 
-    def _resolve(self, table: str, ident: str, kind: str) -> sqlite3.Row:
+    def _resolve(
+        self, table: str, ident: str, kind: str, listing: str | None = None
+    ) -> sqlite3.Row:
         exact = self._query(f"SELECT * FROM {table} WHERE id = ?", (ident,))
         if exact:
             return exact[0]
@@ -206,7 +300,8 @@ class Store:
             return rows[0]
         if len(rows) > 1:
             raise NotFound(f"{kind} id {ident!r} is ambiguous; give more characters")
-        raise NotFound(f"no {kind} with id {ident!r}; `microbuild {kind} list` shows them")
+        listing = listing or f"microbuild {kind} list"
+        raise NotFound(f"no {kind} with id {ident!r}; `{listing}` shows them")
 
     # -- snapshots ---------------------------------------------------------------------------
 
@@ -280,3 +375,88 @@ class Store:
     def delete_sidecar(self, sidecar_id: str) -> None:
         with self.transaction() as db:
             db.execute("DELETE FROM sidecars WHERE id = ?", (sidecar_id,))
+
+    # -- runs --------------------------------------------------------------------------------
+
+    def fail_unfinished_runs(self, reason: str) -> list[str]:
+        """Runs left `running` by a host that stopped: they will never finish."""
+        with self.transaction() as db:
+            ids = [r[0] for r in db.execute("SELECT id FROM runs WHERE status = 'running'")]
+            db.execute(
+                "UPDATE runs SET status = 'error', error = ? WHERE status = 'running'", (reason,)
+            )
+        return ids
+
+    def put_run(self, run: RunRecord) -> None:
+        """Insert or replace a run together with its check results."""
+        values = {k: getattr(run, k) for k in _RUN_COLUMNS}
+        values["fail_fast"] = int(run.fail_fast)
+        cols = ", ".join(_RUN_COLUMNS)
+        marks = ", ".join(f":{k}" for k in _RUN_COLUMNS)
+        check_cols = ", ".join(("run_id", "position", *_CHECK_COLUMNS))
+        check_marks = ", ".join("?" for _ in range(len(_CHECK_COLUMNS) + 2))
+        with self.transaction() as db:
+            db.execute(f"INSERT OR REPLACE INTO runs ({cols}) VALUES ({marks})", values)
+            db.execute("DELETE FROM check_results WHERE run_id = ?", (run.id,))
+            db.executemany(
+                f"INSERT INTO check_results ({check_cols}) VALUES ({check_marks})",
+                [
+                    (run.id, position, *(getattr(check, k) for k in _CHECK_COLUMNS))
+                    for position, check in enumerate(run.checks)
+                ],
+            )
+
+    def _runs(self, rows: list[sqlite3.Row]) -> list[RunRecord]:
+        if not rows:
+            return []
+        ids = [row["id"] for row in rows]
+        checks: dict[str, list[CheckResult]] = {ident: [] for ident in ids}
+        for start in range(0, len(ids), 500):  # SQLite's limit on host parameters
+            chunk = ids[start : start + 500]
+            marks = ", ".join("?" for _ in chunk)
+            for row in self._query(
+                f"SELECT * FROM check_results WHERE run_id IN ({marks}) ORDER BY run_id, position",
+                chunk,
+            ):
+                checks[row["run_id"]].append(CheckResult(**{k: row[k] for k in _CHECK_COLUMNS}))
+        runs = []
+        for row in rows:
+            data = {k: row[k] for k in _RUN_COLUMNS}
+            data["fail_fast"] = bool(data["fail_fast"])
+            runs.append(RunRecord(**data, checks=checks[row["id"]]))
+        return runs
+
+    def get_run(self, ident: str) -> RunRecord:
+        """A run by its id or an unambiguous prefix of it."""
+        return self._runs([self._resolve("runs", ident, "run", "microbuild runs")])[0]
+
+    def find_run(self, run_id: str) -> RunRecord | None:
+        rows = self._query("SELECT * FROM runs WHERE id = ?", (run_id,))
+        return self._runs(rows)[0] if rows else None
+
+    def list_runs(self, project: str | None = None, limit: int = 50) -> list[RunRecord]:
+        """The newest runs first (of one project, or of all)."""
+        if project is None:
+            rows = self._query("SELECT * FROM runs ORDER BY started_at DESC LIMIT ?", (limit,))
+        else:
+            rows = self._query(
+                "SELECT * FROM runs WHERE project = ? ORDER BY started_at DESC LIMIT ?",
+                (project, limit),
+            )
+        return self._runs(rows)
+
+    def find_cached_run(
+        self, tree: str, config_hash: str, snapshot_id: str, *, complete: bool = False
+    ) -> RunRecord | None:
+        """The latest run (not itself a cache answer) for this key whose result is about the code
+        (passed or failed; never an environment error). With `complete`, a failed fail-fast
+        run does not count: it skipped checks that the caller wants to see run."""
+        query = (
+            "SELECT * FROM runs WHERE tree = ? AND config_hash = ? AND snapshot_id = ? "
+            "AND cached_from IS NULL AND status IN (?, ?)"
+        )
+        args: list[object] = [tree, config_hash, snapshot_id, *CACHEABLE_RUN_STATES]
+        if complete:
+            query += " AND (status = 'passed' OR fail_fast = 0)"
+        rows = self._query(query + " ORDER BY started_at DESC LIMIT 1", args)
+        return self._runs(rows)[0] if rows else None

@@ -17,6 +17,8 @@ python3 -c 'import ensurepip, venv' >/dev/null 2>&1 || need_apt+=("python3-venv"
 # util-linux gives nsenter/unshare for debugging sidecars; procps gives ps inside them.
 command -v unshare >/dev/null 2>&1 || need_apt+=(util-linux)
 command -v ps >/dev/null 2>&1 || need_apt+=(procps)
+# Developers' benchmarks compare sync against rsync.
+if [ -n "$extras" ]; then command -v rsync >/dev/null 2>&1 || need_apt+=(rsync); fi
 
 if [ ${#need_apt[@]} -gt 0 ]; then
     if ! command -v apt-get >/dev/null 2>&1; then

@@ -81,12 +81,15 @@ def cli(
 
 
 def _register() -> None:
-    from microbuild.cli import host, serve, sidecar, snapshot
+    from microbuild.cli import host, init, runs, serve, sidecar, snapshot, validate
 
     cli.add_command(snapshot.snapshot)
     cli.add_command(sidecar.sidecar)
     cli.add_command(serve.serve)
     cli.add_command(host.host)
+    cli.add_command(init.init)
+    cli.add_command(validate.validate)
+    cli.add_command(runs.runs)
 
 
 _register()

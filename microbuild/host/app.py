@@ -12,11 +12,12 @@ import base64
 import contextlib
 import hmac
 import json
+import os
 import tempfile
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import IO, Annotated, Any, Literal
 
 import anyio
 from fastapi import FastAPI, Query, Request, WebSocket, WebSocketDisconnect
@@ -28,7 +29,13 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from microbuild import __version__
-from microbuild.config import SidecarConfig, _require_plain
+from microbuild.config import (
+    CheckConfig,
+    ProjectConfig,
+    SidecarConfig,
+    _require_plain,
+    config_hash,
+)
 from microbuild.errors import ConfigError, SetupFailed, SnapshotError
 from microbuild.host import files
 from microbuild.host.manager import (
@@ -178,6 +185,75 @@ class HostInfo(BaseModel):
 
 class Health(BaseModel):
     status: Literal["ok"]
+
+
+# -- microbuild runs ---------------------------------------------------------------------------
+
+TreeId = Annotated[str, Field(pattern=r"^[0-9a-f]{40,64}$")]
+ConfigHash = Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
+# Check names become log file names (NAME_MAX); commands one argv string (MAX_ARG_STRLEN).
+MAX_CHECK_NAME = 200
+MAX_CHECK_COMMAND = 1 << 16
+
+
+class MicrobuildRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    checks: list[CheckConfig] = Field(max_length=256)
+    fail_fast: bool = True
+    tree: TreeId | None = Field(
+        default=None,
+        description="the tree the client synced to the sidecar (409 tree_mismatch if the "
+        "sidecar holds another); omitted: whatever tree the sidecar holds",
+    )
+    config_hash: ConfigHash
+    project: str = Field(min_length=1, max_length=4096)
+
+    @model_validator(mode="after")
+    def _checked(self) -> MicrobuildRequest:
+        _require_plain(self.project)
+        seen: set[str] = set()
+        for check in self.checks:
+            if check.name in seen:
+                raise ValueError(f"duplicate check name {check.name!r}")
+            seen.add(check.name)
+            if len(check.name) > MAX_CHECK_NAME:
+                raise ValueError(f"check name over {MAX_CHECK_NAME} characters")
+
+            if len(check.command.encode(errors="replace")) >= MAX_CHECK_COMMAND:
+                raise ValueError(f"check {check.name!r}: command over {MAX_CHECK_COMMAND} bytes")
+            for text in (check.command, check.parser):
+                _require_plain(text)
+        return self
+
+
+class CheckRun(BaseModel):
+    name: str
+    status: Literal["passed", "failed", "timed_out", "error", "skipped"]
+    exit_code: int | None
+    duration_s: float
+    cpu_s: float | None
+    log: str | None = Field(description="where the host serves the check's full log")
+    reason: str | None = Field(description="why the environment failed (timed_out, error)")
+
+
+class Run(BaseModel):
+    id: str
+    project: str
+    sidecar: str
+    snapshot: str
+    tree: str
+    config_hash: str
+    status: Literal["running", "passed", "failed", "error"]
+    cached: bool
+    cached_from: str | None
+    error: str | None = Field(description="why the run itself failed, when no check says")
+    fail_fast: bool
+    started_at: float
+    wall_s: float
+    cpu_s: float = Field(description="core-seconds used by the checks")
+    checks: list[CheckRun]
+    report: str = Field(description="the plain report: verdict, failing output, where logs are")
 
 
 # -- middleware --------------------------------------------------------------------------------
@@ -614,6 +690,7 @@ def create_app(
     from microbuild.host.sync_api import router as sync_router
 
     app.include_router(sync_router(manager))
+    _add_run_routes(app, manager)
     app.state.manager = manager
     return app
 
@@ -718,3 +795,168 @@ async def _pump_shell(websocket: WebSocket, execution: Execution) -> None:
         execution.kill()
         with contextlib.suppress(Exception):
             await anyio.to_thread.run_sync(execution.result)
+
+
+def _add_run_routes(app: FastAPI, manager: SidecarManager) -> None:
+    """Microbuilds: run checks in a sidecar (streamed), look up cached results, list runs, and
+    serve their logs."""
+    from microbuild.build.runner import Cancellation, read_log, run_json, run_microbuild
+
+    run = anyio.to_thread.run_sync
+
+    @app.post(
+        "/v1/sidecars/{sidecar_id}/microbuilds",
+        tags=["runs"],
+        response_class=StreamingResponse,
+        responses={
+            200: {
+                "content": {NDJSON: {}},
+                "description": 'lines {"event": "check_started", "check": NAME}, {"event": '
+                '"check_finished", "check": {...}}, then {"event": "done", "run": {...}} (only '
+                "that one for a cached result); a client that disconnects cancels the run",
+            },
+            409: {"model": ErrorResponse, "description": "tree_mismatch: sync first"},
+        },
+    )
+    async def microbuild(sidecar_id: IdPath, body: MicrobuildRequest) -> StreamingResponse:
+        record = await run(manager.get, sidecar_id)
+        if record.state not in ("running", "suspended"):
+            raise SidecarDead(
+                f"sidecar {record.id} is {record.state}; run `microbuild sidecar reset "
+                f"{record.id}` or destroy it"
+            )
+        tree = body.tree or record.tree
+        if tree is None or record.tree != tree:
+            raise TreeMismatch(
+                f"sidecar {record.id} holds tree {record.tree}, not {tree}; sync it first"
+            )
+        cancel = Cancellation()
+
+        def work(emit: Callable[[dict[str, Any]], None]) -> None:
+            try:
+                run_microbuild(
+                    manager,
+                    record.id,
+                    body.checks,
+                    tree=tree,
+                    # The cache is keyed by this hash: it must say what the checks are, not
+                    # what a client claims they are.
+                    config_hash=config_hash(ProjectConfig(checks=tuple(body.checks))),
+                    project=body.project,
+                    fail_fast=body.fail_fast,
+                    emit=emit,
+                    cancel=cancel,
+                )
+            except Exception as exc:  # the stream must end with an event, whatever happened
+                with contextlib.suppress(Exception):
+                    emit({"event": "error", "code": "run_failed", "message": str(exc)})
+
+        def client_gone() -> None:
+            cancel.cancel("cancelled: the client went away")
+
+        return StreamingResponse(_cancellable_events(work, client_gone), media_type=NDJSON)
+
+    @app.get(
+        "/v1/runs/cached",
+        response_model=Run,
+        tags=["runs"],
+        responses={404: {"model": ErrorResponse, "description": "no cached result"}},
+    )
+    async def cached_run(
+        tree: Annotated[str, Query(pattern=r"^[0-9a-f]{40,64}$")],
+        config_hash: Annotated[str, Query(pattern=r"^[0-9a-f]{64}$")],
+        snapshot_id: Annotated[str, Query(min_length=1, max_length=64, pattern=r"^\w+$")],
+        complete: bool = False,
+    ) -> dict[str, Any]:
+        """The latest passed or failed run for this key (environment errors are never cached),
+        presented as a cache answer; with `complete`, not a fail-fast run that stopped early."""
+        from microbuild.build.runner import find_cached
+
+        hit = await run(
+            lambda: find_cached(manager.store, tree, config_hash, snapshot_id, complete=complete)
+        )
+        if hit is None:
+            raise NotFound("no cached run for this tree, config and snapshot")
+        return await run(lambda: run_json(hit, cached=True))
+
+    @app.get("/v1/runs", response_model=list[Run], tags=["runs"])
+    async def list_runs(
+        project: Annotated[str | None, Query(max_length=4096)] = None,
+        limit: Annotated[int, Query(ge=1, le=1000)] = 50,
+    ) -> list[dict[str, Any]]:
+        def go() -> list[dict[str, Any]]:
+            return [run_json(r) for r in manager.store.list_runs(project, limit)]
+
+        return await run(go)
+
+    @app.get("/v1/runs/{run_id}", response_model=Run, tags=["runs"])
+    async def get_run(run_id: IdPath) -> dict[str, Any]:
+        return await run(lambda: run_json(manager.store.get_run(run_id)))
+
+    @app.get(
+        "/v1/runs/{run_id}/logs/{check}",
+        tags=["runs"],
+        response_class=StreamingResponse,
+        responses={200: {"content": {"text/plain": {}}, "description": "the full log"}},
+    )
+    async def run_log(
+        run_id: IdPath, check: Annotated[str, Field(min_length=1, max_length=255)]
+    ) -> StreamingResponse:
+        record = await run(manager.store.get_run, run_id)
+        path = read_log(manager.state_dir, record, check)
+        if path is None:
+            raise NotFound(f"run {record.id} has no log of a check named {check!r}")
+        handle = await run(open, path, "rb")
+        size = os.fstat(handle.fileno()).st_size
+        return StreamingResponse(_file_chunks(handle, size), media_type="text/plain; charset=utf-8")
+
+
+async def _file_chunks(handle: IO[bytes], size: int) -> AsyncIterator[bytes]:
+    """A file as it was when opened (a running check's log grows meanwhile)."""
+    try:
+        left = size
+        while left > 0:
+            data = await anyio.to_thread.run_sync(handle.read, min(left, 1 << 16))
+            if not data:
+                break
+            left -= len(data)
+            yield data
+    finally:
+        handle.close()
+
+
+def _cancellable_events(
+    work: Callable[[Callable[[dict[str, Any]], None]], None],
+    on_close: Callable[[], None],
+) -> AsyncIterator[bytes]:
+    """Like `_thread_events`, but calls `on_close` as soon as the stream is abandoned (the
+    client went away) instead of first waiting for `work` to finish on its own."""
+
+    async def stream() -> AsyncIterator[bytes]:
+        send, receive = anyio.create_memory_object_stream[dict[str, Any] | None](1024)
+        finished = False
+
+        def emit(event: dict[str, Any]) -> None:
+            anyio.from_thread.run(send.send, event)
+
+        async def runner() -> None:
+            try:
+                await anyio.to_thread.run_sync(work, emit)
+            finally:
+                with contextlib.suppress(anyio.BrokenResourceError, anyio.ClosedResourceError):
+                    await send.send(None)
+
+        async with anyio.create_task_group() as group:
+            group.start_soon(runner)
+            try:
+                async with receive:
+                    async for event in receive:
+                        if event is None:
+                            finished = True
+                            break
+                        yield (json.dumps(event) + "\n").encode()
+            finally:
+                if not finished:
+                    on_close()
+
+    return stream()

@@ -487,6 +487,9 @@ class SidecarManager:
                 report["dead"].append(record.id)
         for rt in self._all_runtimes():
             report["removed"].extend(rt.collect_garbage(keep=known))
+        report["failed"].extend(
+            self.store.fail_unfinished_runs("the host stopped during the microbuild")
+        )
         for snap in self.store.list_snapshots():
             if snap.state in ("building", "pending"):
                 lock = self.state_dir / "snapshots" / f"{snap.id}.lock"

@@ -361,13 +361,13 @@ class NamespaceRuntime(Runtime):
             if slave is not None:
                 os.close(slave)
         if master is not None and stdin is not None:
-            os.write(master, stdin)
+            with contextlib.suppress(OSError):
+                os.write(master, stdin)
         if stdin is not None and proc.stdin is not None:
-            try:
+            # A command may exit without reading its input: that is its business.
+            with contextlib.suppress(BrokenPipeError):
                 proc.stdin.write(stdin)
-            except BrokenPipeError:
-                pass
-            finally:
+            with contextlib.suppress(BrokenPipeError):
                 proc.stdin.close()
         started = time.monotonic()
 

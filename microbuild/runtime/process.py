@@ -180,7 +180,8 @@ class ProcessRuntime(Runtime):
         if stdin is not None and proc.stdin is not None:
             with contextlib.suppress(BrokenPipeError):
                 proc.stdin.write(stdin)
-            proc.stdin.close()
+            with contextlib.suppress(BrokenPipeError):
+                proc.stdin.close()
         started = time.monotonic()
 
         def kill_tree() -> None:

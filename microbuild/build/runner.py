@@ -1,0 +1,411 @@
+"""Run a microbuild: the project's checks, one after another in a sidecar, fail-fast.
+
+Each check is `/bin/sh -c COMMAND` in the sidecar's workspace with its own timeout (the runtime
+kills the whole process tree when it passes) and, only if it asks, the host's network. Its
+output (stdout and stderr interleaved as they arrive) goes to `STATE/runs/RUN/CHECK.log`; the
+run, its checks, its wall time and its core-seconds go to the store.
+
+A result is about the code (`passed`, `failed`) or about the environment (`error`: a timeout,
+an OOM kill, a command that is not there, a sidecar that died). Only results about the code are
+cached, keyed by (tree, config hash, snapshot): the same tree with the same checks in the same
+environment gives the same answer.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import secrets
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from microbuild.config import CheckConfig
+from microbuild.runtime import ExecResult, Execution, RuntimeError_
+from microbuild.store import CACHEABLE_RUN_STATES, CheckResult, RunRecord, Store
+
+if TYPE_CHECKING:
+    from microbuild.host.manager import SidecarManager
+
+__all__ = [
+    "EXIT_CODES",
+    "Cancellation",
+    "Emit",
+    "cached_copy",
+    "check_json",
+    "exit_code_for",
+    "find_cached",
+    "log_file",
+    "new_run_id",
+    "read_log",
+    "run_checks",
+    "run_json",
+    "run_microbuild",
+    "runs_dir",
+]
+
+Emit = Callable[[dict[str, Any]], None]
+
+# What the CLI exits with for a run's status.
+EXIT_CODES = {"passed": 0, "failed": 1, "error": 3}
+COMMAND_NOT_FOUND = 127
+_ENVIRONMENT_STATES = ("timed_out", "error")
+
+
+def exit_code_for(status: str) -> int:
+    """0 passed, 1 failed (the code), 3 anything else (the environment)."""
+    return EXIT_CODES.get(status, 3)
+
+
+def new_run_id() -> str:
+    return f"run_{secrets.token_hex(5)}"
+
+
+def runs_dir(state_dir: Path) -> Path:
+    return state_dir / "runs"
+
+
+def log_file(state_dir: Path, run_id: str, check: str) -> Path:
+    return runs_dir(state_dir) / run_id / f"{check}.log"
+
+
+class Cancellation:
+    """Stops a run from another thread: the running check's process tree is killed, the rest
+    are skipped, and the run ends as an `error` (never cached)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._execution: Execution | None = None
+        self.reason: str | None = None
+
+    @property
+    def cancelled(self) -> bool:
+        return self.reason is not None
+
+    def cancel(self, reason: str = "cancelled") -> None:
+        with self._lock:
+            if self.reason is None:
+                self.reason = reason
+            if self._execution is not None:
+                self._execution.kill()
+
+    @contextlib.contextmanager
+    def watching(self, execution: Execution) -> Iterator[None]:
+        with self._lock:
+            self._execution = execution
+            if self.reason is not None:
+                execution.kill()
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._execution = None
+
+
+# One microbuild at a time per sidecar: two in the same workspace would see each other's files.
+_sidecar_locks: dict[tuple[int, str], threading.RLock] = {}
+_sidecar_locks_guard = threading.Lock()
+
+
+def _sidecar_lock(manager: SidecarManager, sidecar_id: str) -> threading.RLock:
+    with _sidecar_locks_guard:
+        return _sidecar_locks.setdefault((id(manager), sidecar_id), threading.RLock())
+
+
+def find_cached(
+    store: Store, tree: str, config_hash: str, snapshot_id: str, *, complete: bool = False
+) -> RunRecord | None:
+    """The latest `passed` or `failed` run for this key (an indexed lookup); `error` runs are
+    never reused. With `complete`, a fail-fast run that stopped at a failure does not count."""
+    return store.find_cached_run(tree, config_hash, snapshot_id, complete=complete)
+
+
+def _safe_emit(emit: Emit | None) -> Emit:
+    """Events are a courtesy to whoever watches; a watcher that went away stops nothing."""
+    broken = False
+
+    def send(event: dict[str, Any]) -> None:
+        nonlocal broken
+        if emit is None or broken:
+            return
+        try:
+            emit(event)
+        except Exception:
+            broken = True
+
+    return send
+
+
+def _classify(result: ExecResult, timeout_s: float) -> tuple[str, str | None]:
+    if result.timed_out:
+        return "timed_out", f"timed out after {timeout_s:g} s"
+    if result.oom_killed:
+        return "error", "out of memory: the sidecar's memory limit killed a process"
+    if result.exit_code == 0:
+        return "passed", None
+    if result.exit_code == COMMAND_NOT_FOUND:
+        return "error", "command not found (exit 127)"
+    return "failed", None
+
+
+def _run_one(
+    manager: SidecarManager,
+    sidecar_id: str,
+    check: CheckConfig,
+    log_path: Path,
+    cancel: Cancellation,
+) -> CheckResult:
+    from microbuild.host.manager import SidecarDead
+    from microbuild.runtime import SidecarGone
+
+    started = time.monotonic()
+    with open(log_path, "wb") as log:
+        try:
+            execution = manager.exec(
+                sidecar_id,
+                ["/bin/sh", "-c", check.command],
+                timeout=check.timeout_s,
+                host_network=check.network == "host",
+            )
+        except RuntimeError_ as exc:
+            log.write(f"microbuild: {exc}\n".encode())
+            dead = isinstance(exc, SidecarDead | SidecarGone)
+            return CheckResult(
+                name=check.name,
+                status="error",
+                duration_s=time.monotonic() - started,
+                log_path=str(log_path),
+                reason=f"the sidecar died: {exc}" if dead else f"the sidecar cannot run it: {exc}",
+            )
+        with cancel.watching(execution):
+            for chunk in execution.chunks():
+                log.write(chunk.data)
+                log.flush()
+            result = execution.result()
+    status, reason = _classify(result, check.timeout_s)
+    if cancel.cancelled:
+        status, reason = "error", cancel.reason
+    elif status in ("failed", "error") and not _alive(manager, sidecar_id):
+        status, reason = "error", "the sidecar died during the check"
+    return CheckResult(
+        name=check.name,
+        status=status,
+        exit_code=result.exit_code,
+        duration_s=result.duration_s,
+        cpu_s=result.cpu_s,
+        log_path=str(log_path),
+        reason=reason,
+    )
+
+
+def _alive(manager: SidecarManager, sidecar_id: str) -> bool:
+    try:
+        return manager.get(sidecar_id).state in ("running", "suspended")
+    except Exception:
+        return False
+
+
+def _run_status(checks: Sequence[CheckResult]) -> str:
+    statuses = {c.status for c in checks}
+    if statuses & set(_ENVIRONMENT_STATES):
+        return "error"
+    if "failed" in statuses:
+        return "failed"
+    return "passed"
+
+
+def run_checks(
+    manager: SidecarManager,
+    sidecar_id: str,
+    checks: Sequence[CheckConfig],
+    *,
+    tree: str,
+    config_hash: str,
+    project: str,
+    fail_fast: bool = True,
+    emit: Emit | None = None,
+    cancel: Cancellation | None = None,
+) -> RunRecord:
+    """Run `checks` in the sidecar one after another and record the run.
+
+    The first check that does not pass ends the run (unless `fail_fast` is false; a dead
+    sidecar or a cancellation always ends it) and the remaining ones are `skipped`. Events:
+    `check_started`, `check_finished` (per check that ran), `done` (with the run)."""
+    send = _safe_emit(emit)
+    cancel = cancel or Cancellation()
+    record = manager.get(sidecar_id)
+    run = RunRecord(
+        id=new_run_id(),
+        project=project,
+        sidecar_id=record.id,
+        snapshot_id=record.snapshot_id,
+        tree=tree,
+        config_hash=config_hash,
+        status="running",
+        fail_fast=fail_fast,
+    )
+    directory = runs_dir(manager.state_dir) / run.id
+    directory.mkdir(parents=True, mode=0o700)
+    manager.store.put_run(run)
+    started = time.monotonic()
+    stop = False
+    try:
+        with _sidecar_lock(manager, record.id), manager.using(record.id):
+            for check in checks:
+                if stop or cancel.cancelled:
+                    run.checks.append(CheckResult(name=check.name, status="skipped"))
+                    continue
+                send({"event": "check_started", "check": check.name})
+                result = _run_one(
+                    manager,
+                    record.id,
+                    check,
+                    log_file(manager.state_dir, run.id, check.name),
+                    cancel,
+                )
+                run.checks.append(result)
+                send({"event": "check_finished", "check": check_json(run.id, result)})
+                if result.status != "passed" and (
+                    fail_fast or cancel.cancelled or not _alive(manager, record.id)
+                ):
+                    stop = True
+        run.status = _run_status(run.checks)
+        if cancel.cancelled:
+            run.status, run.error = "error", cancel.reason
+        elif run.status in CACHEABLE_RUN_STATES and _held_tree(manager, record.id) != tree:
+            # A sync changed the workspace under the checks: the result belongs to no tree.
+            run.status = "error"
+            run.error = "the sidecar's tree changed during the run (a sync?); run it again"
+    except BaseException as exc:
+        run.status = "error"
+        run.error = f"the host failed: {exc}" if str(exc) else f"the host failed: {exc!r}"
+        raise
+    finally:
+        run.wall_s = time.monotonic() - started
+        run.cpu_s = sum(c.cpu_s or 0.0 for c in run.checks)
+        manager.store.put_run(run)
+    send({"event": "done", "run": run_json(run)})
+    return run
+
+
+def _held_tree(manager: SidecarManager, sidecar_id: str) -> str | None:
+    try:
+        return manager.store.get_sidecar(sidecar_id).tree
+    except Exception:
+        return None
+
+
+def run_microbuild(
+    manager: SidecarManager,
+    sidecar_id: str,
+    checks: Sequence[CheckConfig],
+    *,
+    tree: str,
+    config_hash: str,
+    project: str,
+    fail_fast: bool = True,
+    emit: Emit | None = None,
+    cancel: Cancellation | None = None,
+) -> RunRecord:
+    """What the host does for a microbuild request: one at a time per sidecar; a cached result
+    for (tree, config hash, the sidecar's snapshot) is answered at once (recorded as a run of
+    its own, `cached_from` the original), otherwise the checks run."""
+    send = _safe_emit(emit)
+    record = manager.get(sidecar_id)
+    with _sidecar_lock(manager, record.id):
+        hit = find_cached(
+            manager.store, tree, config_hash, record.snapshot_id, complete=not fail_fast
+        )
+        if hit is not None:
+            run = cached_copy(manager.store, hit, project=project, sidecar_id=record.id)
+            send({"event": "done", "run": run_json(run)})
+            return run
+        return run_checks(
+            manager,
+            record.id,
+            checks,
+            tree=tree,
+            config_hash=config_hash,
+            project=project,
+            fail_fast=fail_fast,
+            emit=send,
+            cancel=cancel,
+        )
+
+
+def cached_copy(store: Store, original: RunRecord, *, project: str, sidecar_id: str) -> RunRecord:
+    """Record a cache answer: the original's result and logs, at no cost of its own."""
+    started = time.monotonic()
+    run = RunRecord(
+        id=new_run_id(),
+        project=project,
+        sidecar_id=sidecar_id,
+        snapshot_id=original.snapshot_id,
+        tree=original.tree,
+        config_hash=original.config_hash,
+        status=original.status,
+        fail_fast=original.fail_fast,
+        cached_from=original.id,
+        checks=[CheckResult(**c.__dict__) for c in original.checks],
+    )
+    run.wall_s = time.monotonic() - started
+    run.cpu_s = 0.0
+    store.put_run(run)
+    return run
+
+
+# -- JSON ------------------------------------------------------------------------------------
+
+
+def check_json(run_id: str, check: CheckResult) -> dict[str, Any]:
+    """A check as the API shows it; `log` is where the host serves its full log."""
+    return {
+        "name": check.name,
+        "status": check.status,
+        "exit_code": check.exit_code,
+        "duration_s": round(check.duration_s, 3),
+        "cpu_s": None if check.cpu_s is None else round(check.cpu_s, 3),
+        "log": f"/v1/runs/{run_id}/logs/{check.name}" if check.log_path else None,
+        "reason": check.reason,
+    }
+
+
+def run_json(run: RunRecord, *, cached: bool | None = None) -> dict[str, Any]:
+    """A run as the API shows it, with its plain report. `cached` overrides whether it is
+    presented as a cache answer (a cache lookup presents the original run as one)."""
+    from microbuild.build.report import plain_report
+
+    is_cached = run.cached if cached is None else cached
+    return {
+        "id": run.id,
+        "project": run.project,
+        "sidecar": run.sidecar_id,
+        "snapshot": run.snapshot_id,
+        "tree": run.tree,
+        "config_hash": run.config_hash,
+        "status": run.status,
+        "cached": is_cached,
+        "cached_from": run.cached_from,
+        "error": run.error,
+        "fail_fast": run.fail_fast,
+        "started_at": run.started_at,
+        "wall_s": round(run.wall_s, 3),
+        "cpu_s": round(run.cpu_s, 3),
+        "checks": [check_json(run.id, c) for c in run.checks],
+        "report": plain_report(run, cached=is_cached),
+    }
+
+
+def read_log(state_dir: Path, run: RunRecord, check: str) -> Path | None:
+    """The log file of a check of `run`, only if `check` names one of its checks and the file
+    lies in the runs directory (no path is ever built from what a client sent)."""
+    for result in run.checks:
+        if result.name == check and result.log_path:
+            path = Path(result.log_path)
+            root = os.path.realpath(runs_dir(state_dir))
+            real = os.path.realpath(path)
+            if os.path.commonpath([root, real]) == root and os.path.isfile(real):
+                return Path(real)
+    return None

@@ -1,0 +1,61 @@
+"""`microbuild init`: write a microbuild.toml detected from a Python project's own files."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import click
+
+from microbuild.cli._context import AppContext
+from microbuild.cli._ui import emit_json
+
+EXIT_FAILED = 1  # as in microbuild.cli.main, which imports this module
+
+
+@click.command()
+@click.argument("path", required=False, type=click.Path(path_type=Path))
+@click.option("--dry-run", is_flag=True, help="Print the configuration; write nothing.")
+@click.option(
+    "--force", is_flag=True, help="Replace an existing microbuild.toml or [tool.microbuild] table."
+)
+@click.option(
+    "--json", "as_json", is_flag=True, help="Print {path, written, config, decisions} as JSON."
+)
+@click.pass_context
+def init(ctx: click.Context, path: Path | None, dry_run: bool, force: bool, as_json: bool) -> None:
+    """Write a microbuild.toml for the Python project at PATH (default: here).
+
+    Setup and checks are detected from the project's own files; each decision, and the file
+    behind it, is printed to stderr.
+    """
+    from microbuild.init import GeneratedConfigError, init_project
+
+    app = ctx.find_object(AppContext)
+    base = (app.project_dir if app is not None else None) or Path.cwd()
+    root = base / path if path is not None else base
+    try:
+        result = init_project(root, force=force, dry_run=dry_run)
+    except GeneratedConfigError as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(EXIT_FAILED)
+    if as_json:
+        emit_json(
+            {
+                "path": str(result.path),
+                "written": result.written,
+                "config": result.config,
+                "decisions": [d.as_json() for d in result.decisions],
+            }
+        )
+        return
+    for decision in result.decisions:
+        click.echo(decision.line(), err=True)
+    for note in result.notes:
+        click.echo(f"note: {note}", err=True)
+    if dry_run:
+        click.echo(result.config, nl=False)
+        click.echo(f"dry run: {result.path} not written", err=True)
+    else:
+        click.echo(f"wrote {result.path}")
+        click.echo("next: commit it, then `microbuild snapshot build`", err=True)
