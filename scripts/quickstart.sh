@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
-# Install microbuild, then validate a real project nobody here wrote (pluggy, from PyPI) in a
-# sidecar: build its snapshot (dependencies installed once, with network), create a sidecar
-# (no network) and run the project's own tests there.
+# Install microbuild, then validate a real project nobody here wrote (pluggy, from PyPI):
+# `microbuild validate` builds its snapshot (dependencies installed once, with network), creates
+# its sidecar (no network), syncs the working tree and runs the project's own tests there.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/install.sh
 mb="$PWD/.venv/bin/microbuild"
+py="$PWD/.venv/bin/python"
 
 work=$(mktemp -d "${TMPDIR:-/tmp}/microbuild-quickstart.XXXXXX")
 project="$work/pluggy-1.5.0"
@@ -36,8 +37,13 @@ git -C "$project" -c user.name=quickstart -c user.email=quickstart@microbuild.in
     commit -qm "pluggy 1.5.0 sdist"
 
 cd "$project"
-"$mb" snapshot build
-sidecar=$("$mb" sidecar create)
-trap '"$mb" sidecar destroy "$sidecar" >/dev/null; rm -rf "$work"' EXIT
-echo "microbuild: running pluggy's tests in sidecar $sidecar (no network)" >&2
-"$mb" sidecar exec "$sidecar" -- python -m pytest -x -q
+cleanup() {
+    ids=$("$mb" sidecar list --json | "$py" -c 'import json, sys; print(" ".join(s["id"] for s in json.load(sys.stdin)))')
+    [ -z "$ids" ] || "$mb" sidecar destroy $ids >/dev/null
+    rm -rf "$work"
+}
+trap cleanup EXIT
+echo "microbuild: validating pluggy (its snapshot is built on first use; its tests run in a sidecar with no network)" >&2
+"$mb" validate
+echo "microbuild: validating again: the tree did not change, so the answer comes from the cache" >&2
+"$mb" validate
