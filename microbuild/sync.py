@@ -86,7 +86,7 @@ def describe_snapshot(project: Project) -> SnapshotRequest:
         _git(project.root, "read-tree", commit, env=env)
         if inputs:
             _git(project.root, "update-index", "--add", "--", *map(str, inputs), env=env)
-        tree = _git(project.root, "write-tree", env=env)
+        tree = _write_tree(project.root, env)
     return SnapshotRequest(
         project=str(project.root),
         setup=tuple(project.config.snapshot.setup),
@@ -123,6 +123,14 @@ def git_dir(root: Path) -> Path:
     return Path(_git(root, "rev-parse", "--absolute-git-dir"))
 
 
+def _write_tree(root: Path, env: dict[str, str]) -> str:
+    """The tree of the project directory: the repository's, or its subdirectory's when the
+    project lives below the repository root (what `git archive` exports from there too)."""
+    prefix = _git(root, "rev-parse", "--show-prefix")
+    args = ["write-tree", f"--prefix={prefix}"] if prefix else ["write-tree"]
+    return _git(root, *args, env=env)
+
+
 def tree_id(root: Path) -> str:
     """The working tree (tracked and untracked-but-not-ignored files) as a git tree id.
 
@@ -133,10 +141,12 @@ def tree_id(root: Path) -> str:
     with tempfile.TemporaryDirectory(prefix="microbuild-index-") as tmp:
         temp_index = Path(tmp) / "index"
         if index.exists():
-            shutil.copyfile(index, temp_index)
+            # copy2 keeps the mtime: git trusts cached stat data only for files older than the
+            # index, so a fresh mtime would hide a same-second, same-size rewrite.
+            shutil.copy2(index, temp_index)
         env = {"GIT_INDEX_FILE": str(temp_index), "GIT_OPTIONAL_LOCKS": "0"}
-        _git(root, "add", "--all", "--", ":/", env=env)
-        return _git(root, "write-tree", env=env)
+        _git(root, "add", "--all", "--", ".", env=env)
+        return _write_tree(root, env)
 
 
 def has_object(root: Path, oid: str) -> bool:

@@ -407,7 +407,7 @@ class SidecarManager:
             if payload.strip():
                 self._run_in(
                     record.id,
-                    ["git", "apply", "--binary", "--whitespace=nowarn", "--allow-empty", "-"],
+                    ["git", "apply", "--binary", "--whitespace=nowarn", "-"],
                     payload,
                     "the patch did not apply",
                 )
