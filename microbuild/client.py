@@ -58,7 +58,12 @@ class Client:
             verify_arg: bool | ssl.SSLContext = ssl.create_default_context(cafile=verify)
         else:
             verify_arg = verify
-        transport = httpx.HTTPTransport(uds=uds) if uds else httpx.HTTPTransport(verify=verify_arg)
+        # A Unix socket has no TLS: verify=False spares loading the CA bundle (~40 ms a client).
+        transport = (
+            httpx.HTTPTransport(uds=uds, verify=False)
+            if uds
+            else httpx.HTTPTransport(verify=verify_arg)
+        )
         self._http = httpx.Client(
             base_url=base_url, headers=headers, transport=transport, timeout=API_TIMEOUT
         )
