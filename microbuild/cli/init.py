@@ -58,4 +58,4 @@ def init(ctx: click.Context, path: Path | None, dry_run: bool, force: bool, as_j
         click.echo(f"dry run: {result.path} not written", err=True)
     else:
         click.echo(f"wrote {result.path}")
-        click.echo("next: commit it, then `microbuild snapshot build`", err=True)
+        click.echo("next: `microbuild validate` (it builds the snapshot on first use)", err=True)
