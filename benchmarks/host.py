@@ -37,12 +37,12 @@ import sys
 import tempfile
 import time
 import traceback
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import FrameType
 from typing import Any
 
+from _common import mounts_under, p95, raise_interrupt, signals_ignored
 from rich.console import Console
 from rich.table import Table
 
@@ -82,9 +82,7 @@ class Figure:
 
     @property
     def p95(self) -> float:
-        if len(self.samples) < 2:
-            return self.samples[0]
-        return statistics.quantiles(self.samples, n=100, method="inclusive")[94]
+        return p95(self.samples)
 
     @property
     def ratio(self) -> float | None:
@@ -396,26 +394,6 @@ def render(report: Report, console: Console) -> None:
 # -- main --------------------------------------------------------------------------------------
 
 
-def _raise_interrupt(signum: int, _frame: FrameType | None) -> None:
-    raise KeyboardInterrupt(f"signal {signum}")
-
-
-@contextlib.contextmanager
-def signals_ignored() -> Iterator[None]:
-    """Let cleanup finish even if Ctrl-C is pressed again."""
-    old = {s: signal.signal(s, signal.SIG_IGN) for s in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        yield
-    finally:
-        for sig, handler in old.items():
-            signal.signal(sig, handler)
-
-
-def mounts_under(path: Path) -> int:
-    with open("/proc/self/mountinfo") as f:
-        return sum(1 for line in f if str(path) in line)
-
-
 def run(report: Report, root: Path, hosts: list[Host], console: Console) -> None:
     from microbuild.runtime.namespace import unavailable_reason
 
@@ -488,7 +466,7 @@ def main(argv: list[str] | None = None) -> int:
     report = Report(n=max(1, args.n))
     out = Console(width=None if sys.stdout.isatty() else 160)
     err = Console(stderr=True)
-    signal.signal(signal.SIGTERM, _raise_interrupt)
+    signal.signal(signal.SIGTERM, raise_interrupt)
     signal.signal(signal.SIGINT, signal.default_int_handler)
     report.machine = {
         "nproc": len(os.sched_getaffinity(0)),

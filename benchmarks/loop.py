@@ -53,9 +53,11 @@ import traceback
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import FrameType, ModuleType
+from types import ModuleType
 from typing import Any
 
+import _common
+from _common import raise_interrupt, signals_ignored
 from rich.console import Console
 from rich.table import Table
 
@@ -88,9 +90,7 @@ def median(values: list[float]) -> float:
 
 
 def p95(values: list[float]) -> float:
-    if len(values) < 2:
-        return values[0] if values else float("nan")
-    return statistics.quantiles(values, n=100, method="inclusive")[94]
+    return _common.p95(values) if values else float("nan")
 
 
 @dataclass
@@ -662,21 +662,6 @@ def render(report: Report, console: Console) -> None:
 # -- main --------------------------------------------------------------------------------------
 
 
-def _raise_interrupt(signum: int, _frame: FrameType | None) -> None:
-    raise KeyboardInterrupt(f"signal {signum}")
-
-
-@contextlib.contextmanager
-def signals_ignored() -> Iterator[None]:
-    """Let cleanup finish even if Ctrl-C is pressed again."""
-    old = {s: signal.signal(s, signal.SIG_IGN) for s in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        yield
-    finally:
-        for sig, handler in old.items():
-            signal.signal(sig, handler)
-
-
 def measure(report: Report, root: Path, console: Console) -> Setup:
     setup = prepare(report, root, console)
     console.print("[dim]untimed validate: builds the snapshot and the sidecar[/dim]")
@@ -763,7 +748,7 @@ def main(argv: list[str] | None = None) -> int:
     report = Report(project=args.project, n=max(1, args.n))
     out = Console(width=None if sys.stdout.isatty() else 140)
     err = Console(stderr=True)
-    signal.signal(signal.SIGTERM, _raise_interrupt)
+    signal.signal(signal.SIGTERM, raise_interrupt)
     signal.signal(signal.SIGINT, signal.default_int_handler)
     report.machine = {
         "nproc": len(os.sched_getaffinity(0)),

@@ -31,12 +31,12 @@ import tempfile
 import textwrap
 import time
 import traceback
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import FrameType
 from typing import Any
 
+from _common import mounts_under, p95, raise_interrupt, signals_ignored
 from rich.console import Console
 from rich.table import Table
 
@@ -90,9 +90,7 @@ class Figure:
 
     @property
     def p95(self) -> float:
-        if len(self.samples) < 2:
-            return self.samples[0]
-        return statistics.quantiles(self.samples, n=100, method="inclusive")[94]
+        return p95(self.samples)
 
     @property
     def ratio(self) -> float | None:
@@ -494,11 +492,6 @@ def open_fds() -> int:
     return len(os.listdir("/proc/self/fd"))
 
 
-def mounts_under(path: Path) -> int:
-    with open("/proc/self/mountinfo") as f:
-        return sum(1 for line in f if str(path) in line)
-
-
 def machine_info(cgroup_version: int | None) -> dict[str, Any]:
     return {
         "nproc": len(os.sched_getaffinity(0)),
@@ -598,21 +591,6 @@ def render(report: Report, console: Console) -> None:
 # -- main --------------------------------------------------------------------------------------
 
 
-def _raise_interrupt(signum: int, _frame: FrameType | None) -> None:
-    raise KeyboardInterrupt(f"signal {signum}")
-
-
-@contextlib.contextmanager
-def signals_ignored() -> Iterator[None]:
-    """Let cleanup finish even if Ctrl-C is pressed again."""
-    old = {s: signal.signal(s, signal.SIG_IGN) for s in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        yield
-    finally:
-        for sig, handler in old.items():
-            signal.signal(sig, handler)
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--n", type=int, default=100, help="iterations per figure (100)")
@@ -627,7 +605,7 @@ def main(argv: list[str] | None = None) -> int:
     # Not a terminal (piped, captured): don't squeeze the table into 80 columns.
     out = Console(width=None if sys.stdout.isatty() else 160)
     err = Console(stderr=True)
-    signal.signal(signal.SIGTERM, _raise_interrupt)
+    signal.signal(signal.SIGTERM, raise_interrupt)
     # Also when started in the background by a shell, which would have SIGINT ignored.
     signal.signal(signal.SIGINT, signal.default_int_handler)
 

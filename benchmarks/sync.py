@@ -44,12 +44,12 @@ import sys
 import tempfile
 import time
 import traceback
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import FrameType
 from typing import Any
 
+from _common import mounts_under, p95, raise_interrupt, signals_ignored
 from rich.console import Console
 from rich.table import Table
 
@@ -78,12 +78,6 @@ EXEC_TRUE = "ref: Client.exec true"
 
 
 # -- figures -----------------------------------------------------------------------------------
-
-
-def p95(samples: list[float]) -> float:
-    if len(samples) < 2:
-        return samples[0]
-    return statistics.quantiles(samples, n=100, method="inclusive")[94]
 
 
 @dataclass
@@ -690,26 +684,6 @@ def render(report: Report, console: Console) -> None:
 # -- main --------------------------------------------------------------------------------------
 
 
-def _raise_interrupt(signum: int, _frame: FrameType | None) -> None:
-    raise KeyboardInterrupt(f"signal {signum}")
-
-
-@contextlib.contextmanager
-def signals_ignored() -> Iterator[None]:
-    """Let cleanup finish even if Ctrl-C is pressed again."""
-    old = {s: signal.signal(s, signal.SIG_IGN) for s in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        yield
-    finally:
-        for sig, handler in old.items():
-            signal.signal(sig, handler)
-
-
-def mounts_under(path: Path) -> int:
-    with open("/proc/self/mountinfo") as f:
-        return sum(1 for line in f if str(path) in line)
-
-
 def measure(report: Report, root: Path, hosts: list[Host], console: Console) -> None:
     from microbuild.runtime.namespace import unavailable_reason
 
@@ -765,7 +739,7 @@ def main(argv: list[str] | None = None) -> int:
     report = Report(n=n, sizes=args.sizes, copy_n=min(n, max(1, args.copy_n)))
     out = Console(width=None if sys.stdout.isatty() else 140)
     err = Console(stderr=True)
-    signal.signal(signal.SIGTERM, _raise_interrupt)
+    signal.signal(signal.SIGTERM, raise_interrupt)
     signal.signal(signal.SIGINT, signal.default_int_handler)
     report.machine = {
         "nproc": len(os.sched_getaffinity(0)),
