@@ -39,7 +39,7 @@ def status(app: AppContext, as_json: bool) -> None:
 @click.pass_obj
 def stop(app: AppContext, as_json: bool) -> None:
     """Stop the host. Its sidecars keep running; the next host adopts them."""
-    from microbuild.client import Client, HostError, connect
+    from microbuild.client import Client, connect
 
     client: Client
     if app.host is None:
@@ -58,8 +58,6 @@ def stop(app: AppContext, as_json: bool) -> None:
         client = connect(app.host, app.state_dir)
     try:
         client.stop_host()
-    except HostError:
-        raise
     finally:
         client.close()
     if as_json:
