@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS snapshots (
@@ -65,7 +65,9 @@ CREATE TABLE IF NOT EXISTS runs (
     wall_s REAL NOT NULL DEFAULT 0,
     cpu_s REAL NOT NULL DEFAULT 0,
     cached_from TEXT,
-    error TEXT
+    error TEXT,
+    report_tokens INTEGER,
+    raw_tokens INTEGER
 );
 CREATE INDEX IF NOT EXISTS runs_cache_key ON runs(tree, config_hash, snapshot_id, started_at);
 CREATE INDEX IF NOT EXISTS runs_project ON runs(project, started_at);
@@ -79,7 +81,18 @@ CREATE TABLE IF NOT EXISTS check_results (
     cpu_s REAL,
     log_path TEXT,
     reason TEXT,
+    failures TEXT NOT NULL DEFAULT '[]',
     PRIMARY KEY (run_id, position)
+);
+CREATE TABLE IF NOT EXISTS hook_sessions (
+    agent TEXT NOT NULL,
+    session TEXT NOT NULL,
+    project TEXT NOT NULL,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    last_tree TEXT,
+    last_status TEXT,
+    updated_at REAL NOT NULL,
+    PRIMARY KEY (agent, session, project)
 );
 """
 
@@ -91,6 +104,12 @@ MIGRATIONS = {
     ),
     # version 2 -> 3: microbuild runs and their check results (new tables, made by SCHEMA).
     2: (),
+    # version 3 -> 4: report token counts, parsed failures, agent hook sessions (new table).
+    3: (
+        "ALTER TABLE runs ADD COLUMN report_tokens INTEGER",
+        "ALTER TABLE runs ADD COLUMN raw_tokens INTEGER",
+        "ALTER TABLE check_results ADD COLUMN failures TEXT NOT NULL DEFAULT '[]'",
+    ),
 }
 
 SNAPSHOT_STATES = ("pending", "building", "ready", "failed")
@@ -177,6 +196,8 @@ class CheckResult:
     log_path: str | None = None
     reason: str | None = None
     """Why an `error` or `timed_out` check is the environment's fault, in a few words."""
+    failures: list[dict[str, Any]] = field(default_factory=list)
+    """The failures the report's parsers found in its output, as JSON-ready dicts."""
 
 
 @dataclass
@@ -197,11 +218,27 @@ class RunRecord:
     cached_from: str | None = None
     error: str | None = None
     """Why the run itself ended as an `error` when no check says so (e.g. cancelled)."""
+    report_tokens: int | None = None
+    raw_tokens: int | None = None
     checks: list[CheckResult] = field(default_factory=list)
 
     @property
     def cached(self) -> bool:
         return self.cached_from is not None
+
+
+@dataclass
+class HookSession:
+    """What an agent's stop hook remembers per (agent, session, project): how many times in a
+    row it sent the agent back, and the tree and result of its last microbuild."""
+
+    agent: str
+    session: str
+    project: str
+    attempts: int = 0
+    last_tree: str | None = None
+    last_status: str | None = None
+    updated_at: float = field(default_factory=time.time)
 
 
 _RUN_COLUMNS = (
@@ -218,8 +255,26 @@ _RUN_COLUMNS = (
     "cpu_s",
     "cached_from",
     "error",
+    "report_tokens",
+    "raw_tokens",
 )
-_CHECK_COLUMNS = ("name", "status", "exit_code", "duration_s", "cpu_s", "log_path", "reason")
+_CHECK_COLUMNS = (
+    "name",
+    "status",
+    "exit_code",
+    "duration_s",
+    "cpu_s",
+    "log_path",
+    "reason",
+    "failures",
+)
+
+
+def _check_values(check: CheckResult) -> list[object]:
+    return [
+        json.dumps(check.failures) if k == "failures" else getattr(check, k) for k in _CHECK_COLUMNS
+    ]
+
 
 _JSON_COLUMNS = {"layers", "setup", "inputs", "handle", "settings", "request"}
 
@@ -246,11 +301,20 @@ class Store:
             if version in MIGRATIONS:
                 for step in range(version, SCHEMA_VERSION):
                     for statement in MIGRATIONS.get(step, ()):
-                        self._db.execute(statement)
+                        self._migrate(statement)
             self._db.executescript(SCHEMA)
             self._db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
         except sqlite3.DatabaseError as exc:
             raise StoreError(f"cannot open state database {path}: {exc}") from exc
+
+    def _migrate(self, statement: str) -> None:
+        """Apply one `ALTER TABLE t ADD COLUMN c ...`; a table that does not exist yet is made
+        whole by SCHEMA afterwards, so it is skipped, as is a column that is already there."""
+        words = statement.split()
+        table, column = words[2], words[5]
+        present = {row[1] for row in self._db.execute(f"PRAGMA table_info({table})")}
+        if present and column not in present:
+            self._db.execute(statement)
 
     def close(self) -> None:
         self._db.close()
@@ -401,7 +465,7 @@ class Store:
             db.executemany(
                 f"INSERT INTO check_results ({check_cols}) VALUES ({check_marks})",
                 [
-                    (run.id, position, *(getattr(check, k) for k in _CHECK_COLUMNS))
+                    (run.id, position, *_check_values(check))
                     for position, check in enumerate(run.checks)
                 ],
             )
@@ -418,7 +482,9 @@ class Store:
                 f"SELECT * FROM check_results WHERE run_id IN ({marks}) ORDER BY run_id, position",
                 chunk,
             ):
-                checks[row["run_id"]].append(CheckResult(**{k: row[k] for k in _CHECK_COLUMNS}))
+                data = {k: row[k] for k in _CHECK_COLUMNS}
+                data["failures"] = json.loads(data["failures"] or "[]")
+                checks[row["run_id"]].append(CheckResult(**data))
         runs = []
         for row in rows:
             data = {k: row[k] for k in _RUN_COLUMNS}
@@ -460,3 +526,38 @@ class Store:
             query += " AND (status = 'passed' OR fail_fast = 0)"
         rows = self._query(query + " ORDER BY started_at DESC LIMIT 1", args)
         return self._runs(rows)[0] if rows else None
+
+    # -- agent hook sessions ------------------------------------------------------------------
+
+    def get_hook_session(self, agent: str, session: str, project: str) -> HookSession | None:
+        rows = self._query(
+            "SELECT * FROM hook_sessions WHERE agent = ? AND session = ? AND project = ?",
+            (agent, session, project),
+        )
+        if not rows:
+            return None
+        return HookSession(**{k: rows[0][k] for k in rows[0].keys()})  # noqa: SIM118
+
+    def put_hook_session(self, state: HookSession) -> None:
+        state.updated_at = time.time()
+        values = dict(state.__dict__)
+        cols = ", ".join(values)
+        marks = ", ".join(f":{k}" for k in values)
+        with self.transaction() as db:
+            db.execute(f"INSERT OR REPLACE INTO hook_sessions ({cols}) VALUES ({marks})", values)
+
+    def last_hook_tree(self, agent: str, project: str) -> str | None:
+        """The tree the latest hook answer of any session of `agent` validated in `project`."""
+        rows = self._query(
+            "SELECT last_tree FROM hook_sessions WHERE agent = ? AND project = ? "
+            "AND last_tree IS NOT NULL ORDER BY updated_at DESC LIMIT 1",
+            (agent, project),
+        )
+        return rows[0][0] if rows else None
+
+    def prune_hook_sessions(self, older_than_s: float = 30 * 86400) -> int:
+        with self.transaction() as db:
+            cursor = db.execute(
+                "DELETE FROM hook_sessions WHERE updated_at < ?", (time.time() - older_than_s,)
+            )
+        return cursor.rowcount

@@ -32,7 +32,7 @@ from microbuild.build.runner import (
 from microbuild.config import CheckConfig, ProjectConfig, config_hash, find_project
 from microbuild.host.app import create_app
 from microbuild.host.manager import SidecarManager
-from microbuild.store import CheckResult, RunRecord, Store
+from microbuild.store import SCHEMA_VERSION, CheckResult, RunRecord, Store
 
 HASH_A = "a" * 64
 HASH_B = "b" * 64
@@ -446,7 +446,7 @@ def test_store_migrates_from_schema_2(tmp_path: Path) -> None:
     )
     assert any("runs_cache_key" in str(tuple(row)) for row in plan)
     version = store._query("PRAGMA user_version")[0][0]
-    assert version == 3
+    assert version == SCHEMA_VERSION == 4
     store.close()
 
 

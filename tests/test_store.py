@@ -81,3 +81,58 @@ def test_garbage_file_is_refused(tmp_path: Path) -> None:
     db.write_bytes(b"this is not a database" * 100)
     with pytest.raises(StoreError, match="cannot open state database"):
         Store(db)
+
+
+def test_schema_3_store_gains_report_columns_and_keeps_its_runs(tmp_path: Path) -> None:
+    """A state dir from the previous release (schema 3) is migrated in place: its runs are
+    still there, and new runs keep failures and token counts."""
+    import sqlite3
+
+    from microbuild.store import SCHEMA, SCHEMA_VERSION, CheckResult, HookSession, RunRecord
+
+    db = tmp_path / "s.db"
+    conn = sqlite3.connect(db)
+    old = (
+        SCHEMA.replace(",\n    report_tokens INTEGER,\n    raw_tokens INTEGER", "")
+        .replace("    failures TEXT NOT NULL DEFAULT '[]',\n", "")
+        .split("CREATE TABLE IF NOT EXISTS hook_sessions")[0]
+    )
+    assert "report_tokens" not in old and "failures" not in old
+    conn.executescript(old)
+    conn.execute(
+        "INSERT INTO runs (id, project, sidecar_id, snapshot_id, tree, config_hash, status,"
+        " started_at) VALUES ('run_old', '/p', 'sc', 'sn', 't', 'h', 'passed', 1.0)"
+    )
+    conn.execute(
+        "INSERT INTO check_results (run_id, position, name, status) VALUES"
+        " ('run_old', 0, 'tests', 'passed')"
+    )
+    conn.execute("PRAGMA user_version = 3")
+    conn.commit()
+    conn.close()
+    store = Store(db)
+    old_run = store.get_run("run_old")
+    assert old_run.report_tokens is None and old_run.checks[0].failures == []
+    failure = {"id": "tests/test_a.py::test_b", "message": "assert 1 == 2", "count": 1}
+    store.put_run(
+        RunRecord(
+            id="run_new",
+            project="/p",
+            sidecar_id="sc",
+            snapshot_id="sn",
+            tree="t2",
+            config_hash="h",
+            status="failed",
+            report_tokens=120,
+            raw_tokens=4000,
+            checks=[CheckResult(name="tests", status="failed", exit_code=1, failures=[failure])],
+        )
+    )
+    new_run = store.get_run("run_new")
+    assert (new_run.report_tokens, new_run.raw_tokens) == (120, 4000)
+    assert new_run.checks[0].failures == [failure]
+    store.put_hook_session(HookSession(agent="claude", session="s1", project="/p", attempts=2))
+    got = store.get_hook_session("claude", "s1", "/p")
+    assert got is not None and got.attempts == 2
+    assert store.get_hook_session("claude", "s2", "/p") is None
+    assert store._query("PRAGMA user_version")[0][0] == SCHEMA_VERSION

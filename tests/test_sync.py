@@ -1,5 +1,5 @@
 """Incremental tree sync: `microbuild.sync` on the client (tree ids written through a temporary
-index, patches, archives) and `microbuild.cli.validate.sync_tree` through a real host into a
+index, patches, archives) and `microbuild.validate.sync_tree` through a real host into a
 real sidecar, where the workspace must end up exactly the working tree.
 
 The tree_id tests need only git. The end-to-end ones (isolation-marked) share one local host
@@ -30,8 +30,8 @@ from conftest import git, need_isolation, stop_local_host
 
 from microbuild import sync
 from microbuild.cli._ui import Progress
-from microbuild.cli.validate import sync_tree
 from microbuild.client import Client, HostError, connect
+from microbuild.validate import sync_tree
 
 EMPTY_TREE = "4b825dc642cb6eb9a060e54bf8d69288fbee4904"
 QUIET = Progress(quiet=True)

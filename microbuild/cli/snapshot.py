@@ -2,53 +2,21 @@
 
 from __future__ import annotations
 
-import tempfile
-from pathlib import Path
 from typing import Any
 
 import click
 
 from microbuild.cli._context import AppContext
 from microbuild.cli._ui import Progress, age, emit_json, show, size
-from microbuild.errors import SetupFailed, SnapshotError
 
 
 def ensure_snapshot(
     app: AppContext, progress: Progress, *, rebuild: bool = False, runtime: str | None = None
 ) -> dict[str, Any]:
     """The project's snapshot on the host: found by its key, or built from an uploaded source."""
-    from microbuild import sync
+    from microbuild.validate import ensure_snapshot as ensure
 
-    project = app.project()
-    request = sync.describe_snapshot(project)
-    snap, needed = app.client.resolve_snapshot(
-        request.model_dump(mode="json"), rebuild=rebuild, runtime=runtime
-    )
-    if not needed:
-        progress.step(f"snapshot {snap['id']} is up to date")
-        return snap
-    with tempfile.TemporaryDirectory(prefix="microbuild-source-") as tmp:
-        tar = Path(tmp) / "source.tar"
-        progress.step(f"exporting {project.root} at {request.base_commit[:10]}")
-        sync.export_source(project, request, tar)
-        for event in app.client.upload_source(snap["id"], tar):
-            kind = event.get("event")
-            if kind == "step":
-                progress.step(event["message"])
-            elif kind == "output":
-                progress.output(event["data"].encode())
-            elif kind == "done":
-                return event["snapshot"]  # type: ignore[no-any-return]
-            elif kind == "error":
-                if event.get("code") == "setup_failed":
-                    raise SetupFailed(
-                        event["command"],
-                        event["exit_code"],
-                        list(event.get("tail", [])),
-                        bool(event.get("timed_out")),
-                    )
-                raise SnapshotError(event.get("message", "the snapshot build failed"))
-    raise SnapshotError("the host ended the build without a result; see its log")
+    return ensure(app.client, app.project(), progress, rebuild=rebuild, runtime=runtime)
 
 
 @click.group()

@@ -1,0 +1,235 @@
+"""The validate flow, shared by `microbuild validate` and the agent hooks: resolve (or build) the
+project's snapshot, compute the working tree's id, answer from the cache or sync the tree to the
+project's sidecar and run the checks there.
+
+It knows the client and sync layers, never the CLI: progress goes to a `Progress`-like object
+with `step(message)` and `output(data)`.
+"""
+
+from __future__ import annotations
+
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+from microbuild.client import Client, HostError
+from microbuild.config import Project
+from microbuild.errors import SetupFailed, SnapshotError
+
+__all__ = [
+    "EXIT_BY_STATUS",
+    "Progress",
+    "Validation",
+    "ensure_snapshot",
+    "sync_tree",
+    "validate_project",
+]
+
+EXIT_BY_STATUS = {"passed": 0, "failed": 1, "error": 3}
+
+
+class Progress(Protocol):
+    def step(self, message: str) -> None: ...
+
+    def output(self, data: bytes) -> None: ...
+
+
+class _Silent:
+    def step(self, message: str) -> None:
+        pass
+
+    def output(self, data: bytes) -> None:
+        pass
+
+
+def ensure_snapshot(
+    client: Client,
+    project: Project,
+    progress: Progress,
+    *,
+    rebuild: bool = False,
+    runtime: str | None = None,
+) -> dict[str, Any]:
+    """The project's snapshot on the host: found by its key, or built from an uploaded source."""
+    from microbuild import sync
+
+    request = sync.describe_snapshot(project)
+    snap, needed = client.resolve_snapshot(
+        request.model_dump(mode="json"), rebuild=rebuild, runtime=runtime
+    )
+    if not needed:
+        progress.step(f"snapshot {snap['id']} is up to date")
+        return snap
+    with tempfile.TemporaryDirectory(prefix="microbuild-source-") as tmp:
+        tar = Path(tmp) / "source.tar"
+        progress.step(f"exporting {project.root} at {request.base_commit[:10]}")
+        sync.export_source(project, request, tar)
+        for event in client.upload_source(snap["id"], tar):
+            kind = event.get("event")
+            if kind == "step":
+                progress.step(event["message"])
+            elif kind == "output":
+                progress.output(event["data"].encode())
+            elif kind == "done":
+                return event["snapshot"]  # type: ignore[no-any-return]
+            elif kind == "error":
+                if event.get("code") == "setup_failed":
+                    raise SetupFailed(
+                        event["command"],
+                        event["exit_code"],
+                        list(event.get("tail", [])),
+                        bool(event.get("timed_out")),
+                    )
+                raise SnapshotError(event.get("message", "the snapshot build failed"))
+    raise SnapshotError("the host ended the build without a result; see its log")
+
+
+def _sidecar_for(
+    client: Client, project: str, snapshot_id: str, settings: dict[str, Any], progress: Progress
+) -> dict[str, Any]:
+    """The project's sidecar on this snapshot: reused across runs, created on first use."""
+    for record in client.list_sidecars(project):
+        if record["snapshot"] == snapshot_id and record["state"] in ("running", "suspended"):
+            return record
+    progress.step("creating a sidecar")
+    return client.create_sidecar(snapshot_id, settings)
+
+
+def sync_tree(
+    client: Client,
+    root: Path,
+    sidecar: dict[str, Any],
+    snapshot: dict[str, Any],
+    tree: str,
+    progress: Progress,
+) -> dict[str, Any]:
+    """Patch from the tree the sidecar holds; if that fails, from the snapshot's source tree on
+    a fresh layer; if the objects for that are missing too, the whole tree as an archive."""
+    from microbuild import sync
+
+    held = sidecar.get("tree")
+    if held == tree:
+        return sidecar
+    if held and sync.has_object(root, held):
+        patch = sync.tree_diff(root, held, tree)
+        try:
+            progress.step(f"syncing {len(patch)} bytes of changes")
+            return client.sync(sidecar["id"], to_tree=tree, payload=patch, from_tree=held)
+        except HostError as exc:
+            if exc.code not in ("tree_mismatch", "apply_failed"):
+                raise
+            progress.step(f"incremental sync failed ({exc}); resyncing")
+    source = snapshot.get("source_tree")
+    if source and sync.has_object(root, source):
+        patch = sync.tree_diff(root, source, tree)
+        try:
+            return client.sync(
+                sidecar["id"], to_tree=tree, payload=patch, from_tree=None, reset=True
+            )
+        except HostError as exc:
+            if exc.code != "apply_failed":
+                raise
+            progress.step(f"resync from the snapshot failed ({exc}); sending the whole tree")
+    archive = sync.tree_archive(root, tree)
+    return client.sync(sidecar["id"], to_tree=tree, payload=archive, kind="tar", reset=True)
+
+
+@dataclass
+class Validation:
+    """The outcome of one validate: the run as the host reported it, and what it ran against."""
+
+    tree: str
+    snapshot: str
+    run: dict[str, Any]
+    duration_s: float
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def status(self) -> str:
+        return str(self.run["status"])
+
+    @property
+    def exit_code(self) -> int:
+        return EXIT_BY_STATUS.get(self.status, 3)
+
+    @property
+    def report(self) -> str:
+        return str(self.run.get("report", ""))
+
+    def to_json(self) -> dict[str, Any]:
+        """The `validate --json` document."""
+        return {
+            "status": self.status,
+            "tree": self.tree,
+            "snapshot": self.snapshot,
+            "run": self.run["id"],
+            "cached": bool(self.run.get("cached")),
+            "checks": [
+                {k: c.get(k) for k in ("name", "status", "exit_code", "duration_s", "log")}
+                for c in self.run["checks"]
+            ],
+            "failures": self.run.get("failures", []),
+            "tokens": self.run.get("tokens"),
+            "report": self.report,
+            "duration_s": round(self.duration_s, 3),
+        }
+
+
+def validate_project(
+    client: Client,
+    project: Project,
+    *,
+    fail_fast: bool = True,
+    progress: Progress | None = None,
+    tree: str | None = None,
+    on_event: Callable[[dict[str, Any]], None] | None = None,
+) -> Validation:
+    """Validate the project's working tree (or `tree`, already computed by the caller)."""
+    from microbuild import sync
+    from microbuild.config import config_hash
+
+    started = time.monotonic()
+    progress = progress or _Silent()
+    if not project.config.checks:
+        from microbuild.errors import ConfigError
+
+        raise ConfigError(
+            f"{project.config_path.name}: no [[check]] to run; add one or run `microbuild init`"
+        )
+    snap = ensure_snapshot(client, project, progress)
+    tree = tree or sync.tree_id(project.root)
+    chash = config_hash(project.config)
+    run = client.cached_run(tree, chash, snap["id"], complete=not fail_fast)
+    if run is None:
+        settings = project.config.sidecar.model_dump(mode="json")
+        sidecar = _sidecar_for(client, str(project.root), snap["id"], settings, progress)
+        sidecar = sync_tree(client, project.root, sidecar, snap, tree, progress)
+        checks = [c.model_dump(mode="json") for c in project.config.checks]
+        for event in client.microbuild(
+            sidecar["id"],
+            checks=checks,
+            tree=tree,
+            config_hash=chash,
+            project=str(project.root),
+            fail_fast=fail_fast,
+        ):
+            if on_event is not None:
+                on_event(event)
+            kind = event.get("event")
+            if kind == "check_started":
+                progress.step(f"{event['check']} …")
+            elif kind == "check_finished":
+                check = event["check"]
+                progress.step(f"{check['name']} {check['status']} in {check['duration_s']:.1f} s")
+            elif kind == "done":
+                run = event["run"]
+            elif kind == "error":
+                raise HostError(409, event.get("code", "run_failed"), event.get("message", ""))
+    if run is None:
+        raise HostError(0, "no_result", "the host ended the microbuild without a result")
+    return Validation(
+        tree=tree, snapshot=snap["id"], run=run, duration_s=time.monotonic() - started
+    )
