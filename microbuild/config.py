@@ -255,6 +255,17 @@ class CheckConfig(BaseModel):
         return _require_text(value)
 
 
+class HooksConfig(BaseModel):
+    """How agent stop hooks behave (`[hooks]`)."""
+
+    model_config = _FROZEN
+
+    max_attempts: int = Field(default=5, ge=1, le=100, strict=True)
+    """Times in a row a session's stop may be blocked before the agent is let go anyway."""
+    timeout_s: float = Field(default=240, ge=5, le=3600, strict=True, allow_inf_nan=False)
+    """The hook's own time budget; keep it below the agent's hook timeout."""
+
+
 class ProjectConfig(BaseModel):
     """The whole microbuild configuration of a project.
 
@@ -267,6 +278,9 @@ class ProjectConfig(BaseModel):
     snapshot: SnapshotConfig = SnapshotConfig()
     sidecar: SidecarConfig = SidecarConfig()
     checks: tuple[CheckConfig, ...] = Field(default=(), validation_alias="check")
+    hooks: HooksConfig = HooksConfig()
+    report_tokens: int = Field(default=2000, ge=200, le=200_000, strict=True)
+    """The report's budget in tokens (o200k); what does not fit is counted and left out."""
 
     @field_validator("checks")
     @classmethod
@@ -284,11 +298,12 @@ class ProjectConfig(BaseModel):
         return value
 
 
-_ROOT_KEYS = ("snapshot", "sidecar", "check")
+_ROOT_KEYS = ("snapshot", "sidecar", "check", "hooks", "report_tokens")
 _SECTION_MODELS: dict[str, type[BaseModel]] = {
     "snapshot": SnapshotConfig,
     "sidecar": SidecarConfig,
     "check": CheckConfig,
+    "hooks": HooksConfig,
 }
 
 

@@ -332,7 +332,8 @@ def test_size_fields_convert_and_enforce_minimums(tmp_path: Path) -> None:
         ),
         pytest.param(
             "verbose = true\n",
-            "microbuild.toml:1: unknown key 'verbose' (expected one of: snapshot, sidecar, check)",
+            "microbuild.toml:1: unknown key 'verbose' "
+            "(expected one of: snapshot, sidecar, check, hooks, report_tokens)",
             1,
             "verbose",
             id="unknown-top-level-key",
@@ -746,3 +747,35 @@ def test_config_hash_is_sha256_of_canonical_checks_json() -> None:
 
     assert json.loads(canonical)[0] == config.checks[0].model_dump()
     assert config_hash(config) == hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def test_hooks_table_and_report_budget(tmp_path: Path) -> None:
+    path = tmp_path / "microbuild.toml"
+    path.write_text("report_tokens = 1500\n[hooks]\nmax_attempts = 3\ntimeout_s = 100\n")
+    config = load_config(path)
+    assert config.report_tokens == 1500
+    assert (config.hooks.max_attempts, config.hooks.timeout_s) == (3, 100)
+    assert load_config(_empty(tmp_path)).report_tokens == 2000
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("report_tokens = 10\n", "microbuild.toml:1: report_tokens: must be at least 200"),
+        ("[hooks]\nmax_atempts = 3\n", "did you mean 'max_attempts'?"),
+        ("[hooks]\nmax_attempts = 0\n", "microbuild.toml:2: hooks.max_attempts"),
+    ],
+)
+def test_hooks_and_budget_errors_name_the_line(tmp_path: Path, text: str, message: str) -> None:
+    path = tmp_path / "microbuild.toml"
+    path.write_text(text)
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    assert message in str(info.value)
+
+
+def _empty(tmp_path: Path) -> Path:
+    path = tmp_path / "empty" / "microbuild.toml"
+    path.parent.mkdir()
+    path.write_text("")
+    return path
