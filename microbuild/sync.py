@@ -158,6 +158,19 @@ def has_object(root: Path, oid: str) -> bool:
     return probe.returncode == 0
 
 
+def tracked_among(root: Path, tree: str, paths: list[str]) -> list[str]:
+    """Which of `paths` (files, or directories as a whole) hold files of `tree`: the ones whose
+    change in a sidecar means it no longer holds that tree. `.` stands for everything."""
+    if "." in paths:
+        return ["."]
+    found: list[str] = []
+    for start in range(0, len(paths), 500):
+        specs = [f":(literal){p}" for p in paths[start : start + 500]]
+        out = _git(root, "ls-tree", "-r", "--name-only", "-z", tree, "--", *specs)
+        found.extend(name for name in out.split("\0") if name)
+    return found
+
+
 def tree_diff(root: Path, old: str, new: str) -> bytes:
     """`git diff --binary` between two trees: what a sidecar holding `old` needs."""
     proc = subprocess.run(

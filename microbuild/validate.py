@@ -111,9 +111,13 @@ def sync_tree(
     from microbuild import sync
 
     held = sidecar.get("tree")
-    if held == tree:
+    diverged = _diverged(root, sidecar)
+    if diverged:
+        shown = ", ".join(diverged[:3]) + (" …" if len(diverged) > 3 else "")
+        progress.step(f"commands in the sidecar changed tracked files ({shown}); resyncing")
+    elif held == tree:
         return sidecar
-    if held and sync.has_object(root, held):
+    if held and not diverged and sync.has_object(root, held):
         patch = sync.tree_diff(root, held, tree)
         try:
             progress.step(f"syncing {len(patch)} bytes of changes")
@@ -135,6 +139,20 @@ def sync_tree(
             progress.step(f"resync from the snapshot failed ({exc}); sending the whole tree")
     archive = sync.tree_archive(root, tree)
     return client.sync(sidecar["id"], to_tree=tree, payload=archive, kind="tar", reset=True)
+
+
+def _diverged(root: Path, sidecar: dict[str, Any]) -> list[str]:
+    """The files of the tree the sidecar holds that commands in it changed since the sync
+    (a check that rewrites a source file): then it no longer holds that tree."""
+    from microbuild import sync
+
+    held = sidecar.get("tree")
+    changed = sidecar.get("changed")
+    if not held or not changed:
+        return []
+    if not sync.has_object(root, held):
+        return ["."] if "." in changed else []
+    return sync.tracked_among(root, held, list(changed))
 
 
 @dataclass

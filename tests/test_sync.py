@@ -499,6 +499,7 @@ class Env:
         root = root or self.root
         before = repo_state(root)
         tree = sync.tree_id(root)
+        self.sidecar = self.client.get_sidecar(self.id)  # fresh, as validate lists it
         self.sidecar = sync_tree(self.client, root, self.sidecar, self.snap, tree, QUIET)
         assert repo_state(root) == before
         assert self.sidecar["tree"] == tree
@@ -634,14 +635,36 @@ def test_sync_carries_changes_one_after_another(env: Env) -> None:
 
 @pytest.mark.isolation
 def test_diverged_sidecar_is_resynced_from_the_snapshot(env: Env) -> None:
-    """A command in the sidecar rewrote a file the next patch touches: the patch does not
-    apply, and sync_tree resyncs from the snapshot's source tree on a fresh layer."""
+    """A command in the sidecar rewrote a file the next patch touches: the host reports it as
+    changed since the sync, so sync_tree does not even try the patch; it resyncs from the
+    snapshot's source tree on a fresh layer."""
     edit(env.root)
-    first = env.sync()
+    env.sync()
     run_in(env.client, env.id, ["sh", "-c", "echo 'rewritten in the sidecar' > src/app.py"])
+    assert env.client.get_sidecar(env.id)["changed"] == ["src/app.py"]
     with open(env.root / "src" / "app.py", "a") as f:
         f.write("a second appended line\n")
     untracked(env.root)
+    env.calls.clear()
+    env.sync()
+    assert [(c.kind, c.from_tree, c.reset, c.error) for c in env.calls] == [
+        ("patch", None, True, None),
+    ]
+    assert env.client.get_sidecar(env.id)["changed"] == []
+
+
+@pytest.mark.isolation
+def test_patch_that_does_not_apply_falls_back_to_a_fresh_layer(env: Env, host: Host) -> None:
+    """A sidecar whose changes the host cannot see (no sync stamp: made by an older host) and
+    that rewrote a file the patch touches: the patch fails atomically, then the resync."""
+    edit(env.root)
+    first = env.sync()
+    run_in(env.client, env.id, ["sh", "-c", "echo 'rewritten in the sidecar' > src/app.py"])
+    (stamp,) = host.state.rglob(f"sidecars/{env.id}/synced")
+    stamp.unlink()
+    assert env.client.get_sidecar(env.id)["changed"] is None
+    with open(env.root / "src" / "app.py", "a") as f:
+        f.write("a second appended line\n")
     env.calls.clear()
     env.sync()
     assert [(c.kind, c.from_tree, c.reset, c.error) for c in env.calls] == [
@@ -650,22 +673,52 @@ def test_diverged_sidecar_is_resynced_from_the_snapshot(env: Env) -> None:
     ]
 
 
-# The known-bug tests below are not isolation-marked: conftest's MICROBUILD_REQUIRE_ISOLATION
-# hook turns every non-passed isolation test into a failure, an expected failure included. They
-# still need isolation, through the `host` fixture's need_isolation().
-@pytest.mark.xfail(
-    reason="KNOWN LIMITATION: the host trusts its record of the sidecar's tree; a file a "
-    "command in the sidecar changed that the next patch does not touch stays changed, and "
-    "the sidecar is recorded as holding the user's tree (so checks run, and are cached, on "
-    "other files)",
-    strict=True,
+@pytest.mark.isolation
+@pytest.mark.parametrize(
+    "command",
+    [
+        pytest.param("echo 'rewritten in the sidecar' > src/util.py", id="modified"),
+        pytest.param("rm src/util.py", id="deleted"),
+        pytest.param("rm -r src && mkdir src && echo new > src/other.py", id="dir-replaced"),
+        pytest.param("chmod +x src/util.py", id="mode"),
+    ],
 )
-def test_diverged_sidecar_elsewhere_is_resynced(env: Env) -> None:
+def test_sidecar_change_elsewhere_is_resynced(env: Env, command: str) -> None:
+    """A command in the sidecar changed a tracked file that the next patch does not touch (or
+    none at all: the user's tree did not change). The sidecar no longer holds its recorded
+    tree, so it is resynced and then holds exactly the user's files (Env.sync checks)."""
     edit(env.root)
-    env.sync()
-    run_in(env.client, env.id, ["sh", "-c", "echo 'rewritten in the sidecar' > src/util.py"])
+    held = env.sync()
+    run_in(env.client, env.id, ["sh", "-c", command])
+    env.calls.clear()
+    assert env.sync() == held  # the user's tree did not change: resynced all the same
+    assert [(c.kind, c.reset) for c in env.calls] == [("patch", True)]
     untracked(env.root)
-    env.sync()  # the patch applies: src/util.py is still the sidecar's
+    run_in(env.client, env.id, ["sh", "-c", command])
+    env.calls.clear()
+    env.sync()
+    assert [(c.kind, c.reset) for c in env.calls] == [("patch", True)]
+
+
+@pytest.mark.isolation
+def test_untracked_output_of_commands_does_not_cost_a_resync(env: Env) -> None:
+    """Checks leave caches and build output (untracked files) in the workspace: reported as
+    changed, but not in the tree the sidecar holds, so the next sync is an ordinary patch."""
+    edit(env.root)
+    held = env.sync()
+    script = "mkdir -p __pycache__ && echo x > __pycache__/a.pyc && echo y > out.txt"
+    run_in(env.client, env.id, ["sh", "-c", script])
+    assert env.client.get_sidecar(env.id)["changed"] == ["__pycache__/a.pyc", "out.txt"]
+    untracked(env.root)
+    env.calls.clear()
+    tree = sync.tree_id(env.root)
+    env.sidecar = sync_tree(
+        env.client, env.root, env.client.get_sidecar(env.id), env.snap, tree, QUIET
+    )
+    assert [(c.kind, c.from_tree, c.reset) for c in env.calls] == [("patch", held, False)]
+    assert run_in(env.client, env.id, ["cat", "out.txt", "notes/todo.txt"]) == (
+        b"y\nan untracked file\n"
+    )
 
 
 @pytest.mark.isolation

@@ -78,9 +78,14 @@ class Sidecar(BaseModel):
     init_pid: int | None
     created_at: float
     last_used_at: float
+    changed: list[str] | None = None
+    """Workspace paths commands wrote or deleted since the last sync (null: unknown, or too
+    many); a tracked one means the sidecar no longer holds `tree`. Only on get and list."""
 
     @classmethod
-    def of(cls, record: SidecarRecord, state: str | None = None) -> Sidecar:
+    def of(
+        cls, record: SidecarRecord, state: str | None = None, changed: list[str] | None = None
+    ) -> Sidecar:
         handle = record.handle or {}
         return cls(
             id=record.id,
@@ -93,6 +98,7 @@ class Sidecar(BaseModel):
             init_pid=handle.get("init_pid"),
             created_at=record.created_at,
             last_used_at=record.last_used_at,
+            changed=changed,
         )
 
 
@@ -582,11 +588,21 @@ def create_app(
 
     @app.get("/v1/sidecars", response_model=list[Sidecar], tags=["sidecars"])
     async def list_sidecars(project: str | None = None) -> list[Sidecar]:
-        return [Sidecar.of(r) for r in await run(manager.list_sidecars, project)]
+        def listing() -> list[Sidecar]:
+            return [
+                Sidecar.of(r, changed=manager.changed_since_sync(r))
+                for r in manager.list_sidecars(project)
+            ]
+
+        return await run(listing)
 
     @app.get("/v1/sidecars/{sidecar_id}", response_model=Sidecar, tags=["sidecars"])
     async def get_sidecar(sidecar_id: IdPath) -> Sidecar:
-        return Sidecar.of(await run(manager.get, sidecar_id))
+        def one() -> Sidecar:
+            record = manager.get(sidecar_id)
+            return Sidecar.of(record, changed=manager.changed_since_sync(record))
+
+        return await run(one)
 
     @app.post("/v1/sidecars/{sidecar_id}/suspend", response_model=Sidecar, tags=["sidecars"])
     async def suspend(sidecar_id: IdPath) -> Sidecar:

@@ -233,6 +233,7 @@ class SidecarManager:
         except BaseException:
             self.store.delete_sidecar(sidecar_id)
             raise
+        rt.mark_synced(handle)
         record.handle = handle.to_json()
         record.state = "running"
         self.store.put_sidecar(record)
@@ -266,6 +267,17 @@ class SidecarManager:
 
     def get(self, ident: str) -> SidecarRecord:
         return self._checked(self.store.get_sidecar(ident))
+
+    def changed_since_sync(self, record: SidecarRecord) -> list[str] | None:
+        """What commands in a live sidecar wrote or deleted in its workspace since it last held
+        exactly `record.tree`; None when unknown."""
+        if record.state not in ("running", "suspended") or not record.handle:
+            return None
+        try:
+            rt, handle = self._handle(record)
+            return rt.changed_since_sync(handle)
+        except (RuntimeError_, OSError):
+            return None
 
     def list_sidecars(self, project: str | None = None) -> list[SidecarRecord]:
         return [self._checked(r) for r in self.store.list_sidecars(project)]
@@ -363,6 +375,7 @@ class SidecarManager:
                 "sidecar and create a new one"
             )
         new_handle = rt.reset(handle)
+        rt.mark_synced(new_handle)
         record.handle = new_handle.to_json()
         record.state = "running"
         record.tree = snap.source_tree
@@ -426,6 +439,8 @@ class SidecarManager:
                 payload,
                 "the archive did not unpack",
             )
+        rt, handle = self._handle(record)
+        rt.mark_synced(handle)
         record.tree = to_tree
         record.last_used_at = time.time()
         self.store.put_sidecar(record)

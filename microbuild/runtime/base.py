@@ -10,6 +10,7 @@ import fcntl
 import os
 import selectors
 import shutil
+import stat
 import struct
 import subprocess
 import termios
@@ -26,6 +27,47 @@ Network = Literal["none", "host"]
 Stream = Literal["stdout", "stderr"]
 WORKSPACE = "/workspace"
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+
+
+SYNC_STAMP = "synced"
+
+
+def _changed_files(root: Path, since_ns: int, limit: int) -> list[str] | None:
+    """Files (and overlay whiteouts, i.e. deletions) under `root` whose ctime is after
+    `since_ns`; a directory that was deleted and made again (overlay-opaque) counts as a whole."""
+    found: list[str] = []
+    pending = [("", str(root))]
+    while pending:
+        rel_dir, path = pending.pop()
+        try:
+            entries = list(os.scandir(path))
+        except OSError:
+            continue
+        for entry in entries:
+            rel = f"{rel_dir}{entry.name}"
+            try:
+                info = entry.stat(follow_symlinks=False)
+            except OSError:
+                continue
+            if stat.S_ISDIR(info.st_mode):
+                if info.st_ctime_ns > since_ns and _is_opaque(entry.path):
+                    found.append(rel)
+                pending.append((rel + "/", entry.path))
+            elif info.st_ctime_ns > since_ns:
+                found.append(rel)
+            if len(found) > limit:
+                return None
+    return sorted(found)
+
+
+def _is_opaque(path: str) -> bool:
+    for name in ("trusted.overlay.opaque", "user.overlay.opaque"):
+        try:
+            if os.getxattr(path, name, follow_symlinks=False) == b"y":
+                return True
+        except OSError:
+            continue
+    return False
 
 
 class RuntimeError_(Exception):
@@ -352,6 +394,31 @@ class Runtime(ABC):
         """A fresh writable layer from the same snapshot, under the same id."""
         self.destroy(handle)
         return self.create(handle.id, handle.spec)
+
+    def mark_synced(self, handle: SidecarHandle) -> None:
+        """Remember this moment as the one at which the workspace held exactly a synced tree."""
+        stamp = Path(handle.dir) / SYNC_STAMP
+        stamp.touch()
+        os.utime(stamp)
+
+    def changed_since_sync(self, handle: SidecarHandle, limit: int = 10_000) -> list[str] | None:
+        """Workspace paths (relative, sorted) that commands in the sidecar wrote or deleted
+        since the last sync; `["."]` (all of it) when there are more than `limit`; None when
+        no sync is recorded.
+
+        The client compares them with the files of the tree the sidecar holds: a tracked file
+        changed in the sidecar means it no longer holds that tree. Change times (ctime) are
+        used because no process can set them back."""
+        try:
+            since = (Path(handle.dir) / SYNC_STAMP).stat().st_mtime_ns
+        except OSError:
+            return None
+        found = _changed_files(self._changes_root(handle), since, limit)
+        return ["."] if found is None else found
+
+    def _changes_root(self, handle: SidecarHandle) -> Path:
+        """Where to look for changes: the whole workspace, unless a runtime knows better."""
+        return self.workspace(handle)
 
     def sidecar_env(self, handle: SidecarHandle, extra: Mapping[str, str] | None) -> dict[str, str]:
         """The environment of a command: clean, never the caller's own."""

@@ -281,6 +281,10 @@ class NamespaceRuntime(Runtime):
     def workspace_in_sidecar(self, handle: SidecarHandle) -> str:
         return WORKSPACE
 
+    def _changes_root(self, handle: SidecarHandle) -> Path:
+        """Only the writable layer: what the sidecar wrote, never the snapshot's files."""
+        return Path(handle.dir) / "upper" / WORKSPACE.lstrip("/")
+
     def home_in_sidecar(self, handle: SidecarHandle) -> str:
         return "/root"
 
