@@ -282,6 +282,72 @@ def test_tree_id_sees_a_racy_rewrite(tmp_path: Path) -> None:
     assert tree_entries(root, tree)["f.txt"][1] == blob_id(b"bbbb\n")
 
 
+def test_kept_index_gives_the_same_trees_and_leaves_the_repository_alone(
+    messy_repo: Path, tmp_path: Path
+) -> None:
+    """The index kept between calls gives exactly the one-off copy's tree through edits,
+    additions, deletions, mode changes, the user staging and committing; the repository is
+    untouched; the kept index is made again when the user's index changes."""
+    kept = tmp_path / "indexes"
+    before = repo_state(messy_repo)
+
+    def same() -> str:
+        tree = sync.tree_id(messy_repo, kept)
+        assert tree == sync.tree_id(messy_repo)
+        return tree
+
+    first = same()
+    assert repo_state(messy_repo) == before
+    (where,) = kept.iterdir()
+    assert (where / "index").is_file() and (where / "base").is_file()
+    assert same() == first
+    write(messy_repo, "src/mod.py", "x = 3\n")
+    write(messy_repo, "brand/new.txt", "new\n")
+    (messy_repo / "untracked.txt").unlink()
+    (messy_repo / "staged.txt").chmod(0o755)
+    state = repo_state(messy_repo)
+    changed = same()
+    assert changed != first
+    assert repo_state(messy_repo) == state
+    git(messy_repo, "add", "-A")
+    git(messy_repo, "commit", "-qm", "user commit")
+    base = (where / "base").read_text()
+    assert same() == changed
+    assert (where / "base").read_text() != base  # the user's index changed: made again
+    write(messy_repo, "src/mod.py", "x = 1\n")
+    assert same() != changed
+
+
+def test_kept_index_sees_a_racy_rewrite(tmp_path: Path) -> None:
+    root = make_repo(tmp_path / "racy", {"base.txt": "base\n"})
+    kept = tmp_path / "indexes"
+    sync.tree_id(root, kept)
+    _racy_edit(root)
+    time.sleep(1.1 - time.time() % 1)
+    tree = sync.tree_id(root, kept)
+    assert tree_entries(root, tree)["f.txt"][1] == blob_id(b"bbbb\n")
+
+
+def test_kept_index_busy_or_broken_falls_back_to_a_one_off_copy(
+    messy_repo: Path, tmp_path: Path
+) -> None:
+    import fcntl
+
+    kept = tmp_path / "indexes"
+    expected = sync.tree_id(messy_repo)
+    assert sync.tree_id(messy_repo, kept) == expected
+    (where,) = kept.iterdir()
+    with open(where / "lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # another validate of this repository
+        write(messy_repo, "src/mod.py", "x = 9\n")
+        busy = sync.tree_id(messy_repo, kept)
+    assert busy == sync.tree_id(messy_repo) != expected
+    (where / "index").write_bytes(b"DIRC garbage")
+    assert sync.tree_id(messy_repo, kept) == busy
+    assert sync.tree_id(messy_repo, kept) == busy  # and the next call has a good index again
+    assert (where / "index").read_bytes()[:4] == b"DIRC"
+
+
 # -- end to end: a host, a snapshot, sidecars --------------------------------------------------
 
 BASE_CONFIG = """\

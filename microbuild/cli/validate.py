@@ -42,7 +42,11 @@ def validate(
     progress = Progress(quiet=as_json or agent, verbose=verbose and not as_json)
     with progress.live():
         result = validate_project(
-            app.client, project, fail_fast=not no_fail_fast, progress=progress
+            app.client,
+            project,
+            fail_fast=not no_fail_fast,
+            progress=progress,
+            index_dir=app.state_dir / "indexes" if app.state_dir else None,
         )
     if as_json:
         emit_json(result.to_json())
