@@ -13,7 +13,6 @@ import contextlib
 import fcntl
 import json
 import os
-import ssl
 import subprocess
 import sys
 import time
@@ -21,15 +20,19 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import httpx
-
 from microbuild.store import default_state_dir
+from microbuild.transport import (
+    HttpxTransport,
+    Response,
+    Transport,
+    TransportError,
+    UnixTransport,
+)
 
 LOCAL_START_TIMEOUT_S = 20.0
 # A host the CLI started for itself goes away after this long without requests (its sidecars
 # keep running and the next host adopts them); MICROBUILD_HOST_IDLE_EXIT overrides it.
 LOCAL_IDLE_EXIT_S = 1800.0
-API_TIMEOUT = httpx.Timeout(connect=5.0, read=600.0, write=600.0, pool=10.0)
 
 
 class HostError(Exception):
@@ -54,18 +57,8 @@ class Client:
         self.uds = uds
         headers = {"Authorization": f"Bearer {token}"} if token else {}
         self.token = token
-        if isinstance(verify, str):
-            verify_arg: bool | ssl.SSLContext = ssl.create_default_context(cafile=verify)
-        else:
-            verify_arg = verify
-        # A Unix socket has no TLS: verify=False spares loading the CA bundle (~40 ms a client).
-        transport = (
-            httpx.HTTPTransport(uds=uds, verify=False)
-            if uds
-            else httpx.HTTPTransport(verify=verify_arg)
-        )
-        self._http = httpx.Client(
-            base_url=base_url, headers=headers, transport=transport, timeout=API_TIMEOUT
+        self._http: Transport = (
+            UnixTransport(uds, headers) if uds else HttpxTransport(base_url, headers, verify)
         )
         self.verify = verify
 
@@ -84,7 +77,7 @@ class Client:
 
     # -- plumbing ----------------------------------------------------------------------------
 
-    def _raise_for(self, response: httpx.Response) -> None:
+    def _raise_for(self, response: Response) -> None:
         if response.status_code < 400:
             return
         code, message = "http_error", f"HTTP {response.status_code}"
@@ -110,7 +103,7 @@ class Client:
     def _request(self, method: str, path: str, **kwargs: Any) -> Any:
         try:
             response = self._http.request(method, path, **kwargs)
-        except httpx.TransportError as exc:
+        except TransportError as exc:
             raise HostError(
                 0, "unreachable", f"cannot reach the host at {self.where}: {exc}"
             ) from exc
@@ -120,22 +113,22 @@ class Client:
         return response.json()
 
     @contextlib.contextmanager
-    def _stream(self, method: str, path: str, **kwargs: Any) -> Iterator[httpx.Response]:
+    def _stream(self, method: str, path: str, **kwargs: Any) -> Iterator[Response]:
         try:
             with self._http.stream(method, path, **kwargs) as response:
                 if response.status_code >= 400:
                     response.read()
                     self._raise_for(response)
                 yield response
-        except httpx.TransportError as exc:
+        except TransportError as exc:
             raise HostError(0, "unreachable", f"lost the host at {self.where}: {exc}") from exc
 
     # -- host --------------------------------------------------------------------------------
 
     def health(self) -> bool:
         try:
-            return bool(self._http.get("/v1/health", timeout=2.0).status_code == 200)
-        except httpx.TransportError:
+            return self._http.request("GET", "/v1/health", timeout=2.0).status_code == 200
+        except TransportError:
             return False
 
     def host_info(self) -> dict[str, Any]:
@@ -257,19 +250,27 @@ class Client:
         )
 
     def cached_run(
-        self, tree: str, config_hash: str, snapshot_id: str, *, complete: bool = False
+        self,
+        tree: str,
+        config_hash: str,
+        snapshot_id: str,
+        *,
+        complete: bool = False,
+        report_tokens: int | None = None,
     ) -> dict[str, Any] | None:
-        """A finished run for this key, if any; `complete`: not one that fail-fast cut short."""
+        """A finished run for this key, if any; `complete`: not one that fail-fast cut short.
+        Its report is kept within `report_tokens` (the host's default when None)."""
+        params: dict[str, Any] = {
+            "tree": tree,
+            "config_hash": config_hash,
+            "snapshot_id": snapshot_id,
+            "complete": complete,
+        }
+        if report_tokens is not None:
+            params["report_tokens"] = report_tokens
         try:
             return self._request(  # type: ignore[no-any-return]
-                "GET",
-                "/v1/runs/cached",
-                params={
-                    "tree": tree,
-                    "config_hash": config_hash,
-                    "snapshot_id": snapshot_id,
-                    "complete": complete,
-                },
+                "GET", "/v1/runs/cached", params=params
             )
         except HostError as exc:
             if exc.status == 404:
@@ -285,15 +286,19 @@ class Client:
         config_hash: str,
         project: str,
         fail_fast: bool = True,
+        report_tokens: int | None = None,
     ) -> Iterator[dict[str, Any]]:
-        """Run the checks in the sidecar; yields the host's events as they happen."""
-        body = {
+        """Run the checks in the sidecar; yields the host's events as they happen. The report
+        is kept within `report_tokens` (the host's default when None)."""
+        body: dict[str, Any] = {
             "checks": checks,
             "tree": tree,
             "config_hash": config_hash,
             "project": project,
             "fail_fast": fail_fast,
         }
+        if report_tokens is not None:
+            body["report_tokens"] = report_tokens
         with self._stream(
             "POST", f"/v1/sidecars/{_id(sidecar_id)}/microbuilds", json=body
         ) as response:
@@ -303,8 +308,8 @@ class Client:
 
     def read_file(self, sidecar_id: str, path: str) -> bytes:
         try:
-            response = self._http.get(f"/v1/sidecars/{_id(sidecar_id)}/files/{path}")
-        except httpx.TransportError as exc:
+            response = self._http.request("GET", f"/v1/sidecars/{_id(sidecar_id)}/files/{path}")
+        except TransportError as exc:
             raise HostError(
                 0, "unreachable", f"cannot reach the host at {self.where}: {exc}"
             ) from exc

@@ -82,6 +82,10 @@ CREATE TABLE IF NOT EXISTS check_results (
     log_path TEXT,
     reason TEXT,
     failures TEXT NOT NULL DEFAULT '[]',
+    parser TEXT,
+    total INTEGER,
+    failed INTEGER,
+    complete INTEGER NOT NULL DEFAULT 1,
     PRIMARY KEY (run_id, position)
 );
 CREATE TABLE IF NOT EXISTS hook_sessions (
@@ -109,6 +113,10 @@ MIGRATIONS = {
         "ALTER TABLE runs ADD COLUMN report_tokens INTEGER",
         "ALTER TABLE runs ADD COLUMN raw_tokens INTEGER",
         "ALTER TABLE check_results ADD COLUMN failures TEXT NOT NULL DEFAULT '[]'",
+        "ALTER TABLE check_results ADD COLUMN parser TEXT",
+        "ALTER TABLE check_results ADD COLUMN total INTEGER",
+        "ALTER TABLE check_results ADD COLUMN failed INTEGER",
+        "ALTER TABLE check_results ADD COLUMN complete INTEGER NOT NULL DEFAULT 1",
     ),
 }
 
@@ -198,6 +206,14 @@ class CheckResult:
     """Why an `error` or `timed_out` check is the environment's fault, in a few words."""
     failures: list[dict[str, Any]] = field(default_factory=list)
     """The failures the report's parsers found in its output, as JSON-ready dicts."""
+    parser: str | None = None
+    """The parser that read its output (None: not parsed)."""
+    total: int | None = None
+    """How many tests (or files) ran, when the tool said."""
+    failed: int | None = None
+    """How many of them failed, when the tool said."""
+    complete: bool = True
+    """False when the output was cut short (a timeout, a crash): more may have failed."""
 
 
 @dataclass
@@ -267,6 +283,10 @@ _CHECK_COLUMNS = (
     "log_path",
     "reason",
     "failures",
+    "parser",
+    "total",
+    "failed",
+    "complete",
 )
 
 
@@ -484,6 +504,7 @@ class Store:
             ):
                 data = {k: row[k] for k in _CHECK_COLUMNS}
                 data["failures"] = json.loads(data["failures"] or "[]")
+                data["complete"] = bool(data["complete"])
                 checks[row["run_id"]].append(CheckResult(**data))
         runs = []
         for row in rows:

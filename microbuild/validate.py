@@ -204,8 +204,10 @@ def validate_project(
     progress: Progress | None = None,
     tree: str | None = None,
     on_event: Callable[[dict[str, Any]], None] | None = None,
+    index_dir: Path | None = None,
 ) -> Validation:
-    """Validate the project's working tree (or `tree`, already computed by the caller)."""
+    """Validate the project's working tree (or `tree`, already computed by the caller).
+    `index_dir` keeps the tree id's index between calls (default: under the state dir)."""
     from microbuild import sync
     from microbuild.config import config_hash
 
@@ -218,9 +220,14 @@ def validate_project(
             f"{project.config_path.name}: no [[check]] to run; add one or run `microbuild init`"
         )
     snap = ensure_snapshot(client, project, progress)
-    tree = tree or sync.tree_id(project.root)
+    if index_dir is None:
+        from microbuild.store import default_state_dir
+
+        index_dir = default_state_dir() / "indexes"
+    tree = tree or sync.tree_id(project.root, index_dir)
     chash = config_hash(project.config)
-    run = client.cached_run(tree, chash, snap["id"], complete=not fail_fast)
+    budget = project.config.report_tokens
+    run = client.cached_run(tree, chash, snap["id"], complete=not fail_fast, report_tokens=budget)
     if run is None:
         settings = project.config.sidecar.model_dump(mode="json")
         sidecar = _sidecar_for(client, str(project.root), snap["id"], settings, progress)
@@ -233,6 +240,7 @@ def validate_project(
             config_hash=chash,
             project=str(project.root),
             fail_fast=fail_fast,
+            report_tokens=budget,
         ):
             if on_event is not None:
                 on_event(event)

@@ -20,7 +20,6 @@ import httpx
 import pytest
 from conftest import need_isolation
 
-from microbuild.build.report import log_tail, plain_report
 from microbuild.build.runner import (
     Cancellation,
     exit_code_for,
@@ -32,6 +31,7 @@ from microbuild.build.runner import (
 from microbuild.config import CheckConfig, ProjectConfig, config_hash, find_project
 from microbuild.host.app import create_app
 from microbuild.host.manager import SidecarManager
+from microbuild.report.render import plain_report
 from microbuild.store import SCHEMA_VERSION, CheckResult, RunRecord, Store
 
 HASH_A = "a" * 64
@@ -130,7 +130,8 @@ def test_no_fail_fast_runs_every_check(manager: SidecarManager, sidecar: str) ->
     assert statuses(record) == [("a", "failed"), ("b", "passed"), ("c", "failed")]
     assert [c.exit_code for c in record.checks] == [1, 0, 3]
     assert record.status == "failed"
-    assert plain_report(record).splitlines()[0].startswith("FAILED a (exit 1), c (exit 3) in ")
+    verdict = plain_report(record).splitlines()[0]
+    assert verdict.startswith("FAILED a (exit 1), c (exit 3) in ") and verdict.endswith(" — code")
 
 
 @pytest.mark.isolation
@@ -150,8 +151,9 @@ def test_timeout_kills_the_tree_and_is_an_environment_error(
     assert statuses(record) == [("slow", "timed_out"), ("after", "skipped")]
     assert record.status == "error" and exit_code_for(record.status) == 3
     assert plain_report(record).splitlines()[0] == (
-        "ERROR slow timed out after 0.5 s — environment"
+        "ERROR slow: timed out after 0.5 s — environment"
     )
+    assert "fix: raise the check's timeout_s in microbuild.toml" in plain_report(record)
     # Environment failures are never cached.
     assert find_cached(manager.store, record.tree, HASH_A, record.snapshot_id) is None
     # Nothing the timed-out check started is left running in the sidecar.
@@ -171,9 +173,10 @@ def test_command_not_found_is_an_environment_error(manager: SidecarManager, side
     assert statuses(record) == [("tests", "error"), ("x", "skipped")]
     assert record.status == "error"
     report = plain_report(record)
-    assert report.splitlines()[0] == "ERROR tests: command not found (exit 127) — environment"
-    assert "no-such-tool-here" in report
-    assert "fix: install the command in the snapshot's setup" in report
+    assert report.splitlines()[0] == (
+        "ERROR tests: command not found: no-such-tool-here (exit 127) — environment"
+    )
+    assert "fix: install the command in [snapshot] setup in microbuild.toml, then " in report
     assert find_cached(manager.store, record.tree, HASH_A, record.snapshot_id) is None
 
 
@@ -275,7 +278,7 @@ def test_report_of_a_failing_check(manager: SidecarManager, sidecar: str) -> Non
     record = run(manager, sidecar, [check("lint", "true"), check("tests", script)])
     report = plain_report(record)
     lines = report.splitlines()
-    assert re.fullmatch(r"FAILED tests \(exit 1\) in \d+\.\d s", lines[0]), lines[0]
+    assert re.fullmatch(r"FAILED tests \(exit 1\) in \d+\.\d s — code", lines[0]), lines[0]
     assert "E   AssertionError: boom" in report  # without its colour codes
     assert "\x1b" not in report
     assert "tests/test_b.py:7: AssertionError" in report
@@ -321,7 +324,9 @@ def test_a_sidecar_that_dies_is_an_environment_error(manager: SidecarManager, si
     assert record.status == "error"
     assert record.checks[0].status == "error"
     assert "sidecar died" in (record.checks[0].reason or "")
-    assert plain_report(record).splitlines()[0] == "ERROR long: the sidecar died — environment"
+    assert plain_report(record).splitlines()[0] == (
+        "ERROR long: the sidecar died during the check — environment"
+    )
     assert "microbuild sidecar reset" in plain_report(record)
 
 
@@ -344,6 +349,130 @@ def test_a_tree_changed_during_the_run_is_not_a_result(
     assert record.status == "error" and "tree changed" in (record.error or "")
     assert plain_report(record).startswith("ERROR the sidecar's tree changed during the run")
     assert find_cached(manager.store, record.tree, HASH_A, record.snapshot_id) is None
+
+
+# -- parsed failures, classification and tokens, from real tools in a real sidecar -------------
+
+CALC = "def add(a, b):\n    return a + b\n"
+TEST_CALC = """from calc import add
+
+
+def test_add_ok():
+    assert add(1, 2) == 3
+
+
+def test_add_wrong():
+    assert add(2, 2) == 5
+
+
+def test_add_types():
+    assert add("a", 1) == "a1"
+"""
+TEST_NET = "import requests_not_installed_anywhere\n\n\ndef test_get():\n    pass\n"
+# The sidecar's Python is the host's base interpreter: use its pytest when it has one, else
+# install pytest into the snapshot's venv (with network, once per snapshot).
+PYTEST_SETUP = (
+    "python3 -c 'import pytest' 2>/dev/null || "
+    "(python3 -m venv .venv && .venv/bin/pip install -q pytest)"
+)
+
+
+@pytest.fixture
+def pytest_sidecar(manager: SidecarManager, tmp_path: Path) -> str:
+    from conftest import write_project
+
+    root = write_project(
+        tmp_path / "calc",
+        f'[snapshot]\nsetup = ["{PYTEST_SETUP}"]\n\n[sidecar]\nmemory = "512MiB"\n',
+        {"calc.py": CALC, "tests/test_calc.py": TEST_CALC, "tests/test_net.py": TEST_NET},
+    )
+    return manager.create_sidecar(find_project(root), runtime="namespace").id
+
+
+@pytest.mark.isolation
+def test_real_pytest_failures_are_parsed_classified_and_counted(
+    manager: SidecarManager, pytest_sidecar: str
+) -> None:
+    from microbuild.build.runner import run_json
+
+    record = run(
+        manager,
+        pytest_sidecar,
+        [check("tests", "python -m pytest -q -p no:cacheprovider tests/test_calc.py")],
+    )
+    assert statuses(record) == [("tests", "failed")]
+    failures = record.checks[0].failures
+    by_id = {f["id"]: f for f in failures}
+    assert set(by_id) == {
+        "tests/test_calc.py::test_add_wrong",
+        "tests/test_calc.py::test_add_types",
+    }
+    assert re.fullmatch(
+        r"tests/test_calc\.py:\d+", by_id["tests/test_calc.py::test_add_wrong"]["location"]
+    )
+    assert all(f["kind"] == "code" and f["check"] == "tests" for f in failures)
+    # Stored with the run.
+    assert manager.store.get_run(record.id).checks[0].failures == failures
+
+    report = plain_report(record)
+    assert re.match(r"FAILED tests \(2 of 3\) in \d+\.\d s — code\n", report), report
+    assert "tests/test_calc.py::test_add_wrong" in report
+    assert "tests/test_calc.py::test_add_types" in report
+    assert report.splitlines()[-1] == f"full log: microbuild runs show {record.id} --log tests"
+
+    stored = manager.store.get_run(record.id)
+    assert stored.raw_tokens and stored.report_tokens
+    assert stored.raw_tokens > stored.report_tokens
+    shown = run_json(stored)
+    assert shown["tokens"] == {"report": stored.report_tokens, "raw": stored.raw_tokens}
+    assert {(f["check"], f["id"], f["kind"]) for f in shown["failures"]} == {
+        ("tests", "tests/test_calc.py::test_add_wrong", "code"),
+        ("tests", "tests/test_calc.py::test_add_types", "code"),
+    }
+    assert set(shown["failures"][0]) == {"check", "id", "location", "message", "kind", "count"}
+    tight = run_json(stored, report_tokens=200)
+    assert tight["tokens"]["report"] <= 200 and "test_add_wrong" in tight["report"]
+
+    # The machine-readable artifact went to the sidecar's /tmp, never into the synced tree.
+    workspace = manager.workspace(pytest_sidecar)
+    assert not [p for p in workspace.rglob("*.xml") if ".venv" not in p.parts]
+
+
+@pytest.mark.isolation
+def test_a_missing_third_party_module_is_an_environment_error(
+    manager: SidecarManager, pytest_sidecar: str
+) -> None:
+    record = run(
+        manager,
+        pytest_sidecar,
+        [check("tests", "python -m pytest -q -p no:cacheprovider tests/test_net.py")],
+        config_hash="d" * 64,
+    )
+    result = record.checks[0]
+    assert result.status == "error" and record.status == "error"
+    assert result.reason == "missing module 'requests_not_installed_anywhere'"
+    assert result.failures and all(f["kind"] == "environment" for f in result.failures)
+    report = plain_report(record)
+    assert report.splitlines()[0] == (
+        "ERROR tests: missing module 'requests_not_installed_anywhere' — environment"
+    )
+    assert "fix: declare it in the project's dependencies" in report
+    assert "microbuild snapshot build --rebuild" in report
+    # Environment failures are never cached.
+    assert find_cached(manager.store, record.tree, "d" * 64, record.snapshot_id) is None
+
+
+@pytest.mark.isolation
+def test_a_parser_that_fails_never_loses_the_result(manager: SidecarManager, sidecar: str) -> None:
+    record = run(
+        manager,
+        sidecar,
+        [check("odd", "echo 'x.py:1: error: bad'; exit 1", parser="no-such-parser")],
+    )
+    assert statuses(record) == [("odd", "failed")]
+    assert record.checks[0].failures == []
+    report = plain_report(record)
+    assert report.startswith("FAILED odd (exit 1) in ") and "  | x.py:1: error: bad" in report
 
 
 # -- the report, without a sidecar -------------------------------------------------------------
@@ -378,7 +507,7 @@ def test_report_tail_is_bounded_and_meaningful(tmp_path: Path) -> None:
     record = _record(tmp_path, body + "\n....F.......  [ 42%]\n\n  \nfinal error\n")
     report = plain_report(record)
     lines = report.splitlines()
-    assert lines[0] == "FAILED tests (exit 1) in 4.1 s"
+    assert lines[0] == "FAILED tests (exit 1) in 4.1 s — code"
     assert lines[1] == "" and lines[2] == "tests: exit 1 after 2.0 s"
     shown = [line for line in lines if line.startswith("  | ")]
     assert shown[-1] == "  | final error"
@@ -393,21 +522,12 @@ def test_report_tail_is_bounded_and_meaningful(tmp_path: Path) -> None:
 
 def test_report_of_environment_failures(tmp_path: Path) -> None:
     oom = _record(tmp_path, "Killed\n", status="error", exit_code=137, reason="out of memory: x")
-    assert (
-        plain_report(oom).splitlines()[0] == "ERROR tests was killed: out of memory — environment"
-    )
+    assert plain_report(oom).splitlines()[0] == "ERROR tests: out of memory: x — environment"
     assert "fix: raise [sidecar] memory" in plain_report(oom)
     slow = _record(tmp_path, "", status="timed_out", exit_code=137, reason="timed out after 600 s")
     report = plain_report(slow)
-    assert report.splitlines()[0] == "ERROR tests timed out after 600 s — environment"
+    assert report.splitlines()[0] == "ERROR tests: timed out after 600 s — environment"
     assert "(no output)" in report
-
-
-def test_log_tail_keeps_what_a_terminal_shows(tmp_path: Path) -> None:
-    path = tmp_path / "l.log"
-    path.write_bytes(b"downloading 10%\rdownloading 100%\r\nok\r\n\x1b[1mbold\x1b[0m\n")
-    assert log_tail(path) == ["downloading 100%", "ok", "bold"]
-    assert log_tail(None) == [] and log_tail(tmp_path / "missing") == []
 
 
 def test_store_migrates_from_schema_2(tmp_path: Path) -> None:
@@ -545,8 +665,9 @@ def test_api_microbuild_stream_cache_and_runs(manager: SidecarManager, sidecar: 
     assert "E assert 1 == 2" in done["report"]
     assert set(done) >= {
         "id", "project", "sidecar", "snapshot", "tree", "config_hash", "status", "cached",
-        "started_at", "wall_s", "cpu_s", "checks", "report",
+        "started_at", "wall_s", "cpu_s", "checks", "failures", "tokens", "report",
     }  # fmt: skip
+    assert done["tokens"]["raw"] > 0 and 0 < done["tokens"]["report"] <= 2000
     assert done["sidecar"] == sidecar and done["tree"] == tree and done["project"] == "/proj"
 
     second = _ndjson(out["second"])

@@ -125,12 +125,26 @@ def test_schema_3_store_gains_report_columns_and_keeps_its_runs(tmp_path: Path) 
             status="failed",
             report_tokens=120,
             raw_tokens=4000,
-            checks=[CheckResult(name="tests", status="failed", exit_code=1, failures=[failure])],
+            checks=[
+                CheckResult(
+                    name="tests",
+                    status="failed",
+                    exit_code=1,
+                    failures=[failure],
+                    parser="pytest",
+                    total=318,
+                    failed=2,
+                    complete=False,
+                )
+            ],
         )
     )
     new_run = store.get_run("run_new")
     assert (new_run.report_tokens, new_run.raw_tokens) == (120, 4000)
     assert new_run.checks[0].failures == [failure]
+    check = new_run.checks[0]
+    assert (check.parser, check.total, check.failed, check.complete) == ("pytest", 318, 2, False)
+    assert (old_run.checks[0].parser, old_run.checks[0].complete) == (None, True)
     store.put_hook_session(HookSession(agent="claude", session="s1", project="/p", attempts=2))
     got = store.get_hook_session("claude", "s1", "/p")
     assert got is not None and got.attempts == 2

@@ -261,13 +261,16 @@ def test_injected_bug_fails_naming_the_test_and_revert_passes(project: Project) 
         assert bug.read_bytes() != original, "the sed script did not inject the bug"
         proc = expect(project.validate(), 1)
         report = proc.stdout
-        assert report.startswith("FAILED tests (exit 1) in "), report
+        assert re.match(r"FAILED tests \(\d+ of \d+\) in \d+\.\d s — code\n", report), report
         where = re.escape(project.spec.bug_file)
         assert re.search(rf"{where}:\d+|{where}::\w+", report), report
         assert len(report.splitlines()) < REPORT_MAX_LINES, report
         assert "microbuild runs show run_" in report
         failed = project.validate_json(1)
         assert (failed["status"], failed["cached"]) == ("failed", True)
+        named = [f for f in failed["failures"] if f["id"].startswith(project.spec.bug_file)]
+        assert named and all(f["kind"] == "code" for f in named), failed["failures"]
+        assert failed["tokens"]["raw"] > failed["tokens"]["report"] > 0
         assert failed["tree"] != project.first["tree"]
     finally:
         bug.write_bytes(original)

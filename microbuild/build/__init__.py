@@ -1,12 +1,12 @@
 """Microbuilds: the project's checks run in a sidecar, sequentially and fail-fast, recorded
 with their logs, cached by (tree, config hash, snapshot), and reported in plain text.
 
-`runner` runs and records them; `report` turns a run into the report an agent reads.
+`runner` runs and records them; `microbuild.report.render` turns a run into the report an agent
+reads.
 """
 
 from __future__ import annotations
 
-from microbuild.build.report import plain_report
 from microbuild.build.runner import (
     EXIT_CODES,
     Cancellation,
@@ -16,6 +16,7 @@ from microbuild.build.runner import (
     run_json,
     run_microbuild,
 )
+from microbuild.report.render import plain_report
 
 __all__ = [
     "EXIT_CODES",

@@ -9,20 +9,40 @@ A result is about the code (`passed`, `failed`) or about the environment (`error
 an OOM kill, a command that is not there, a sidecar that died). Only results about the code are
 cached, keyed by (tree, config hash, snapshot): the same tree with the same checks in the same
 environment gives the same answer.
+
+Each check's output is also parsed (`microbuild.report.parsers`; the command is instrumented to
+write a machine-readable artifact under the sidecar's /tmp, outside the synced tree) into
+failures, each classified as the code's or the environment's fault; a failed check whose every
+failure is the environment's becomes an `error`. Parsing is a courtesy: whatever goes wrong in
+it, the check keeps its result and the report falls back to the tail of the log.
 """
 
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
+import posixpath
 import secrets
+import shlex
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from microbuild.config import CheckConfig
+from microbuild.report.classify import classify_check, classify_failure, project_packages
+from microbuild.report.model import Failure, ParseResult
+from microbuild.report.render import (
+    DEFAULT_BUDGET,
+    log_tail,
+    plain_report,
+    record_summary,
+    report_json_failures,
+)
+from microbuild.report.tokens import count_logs_tokens, count_tokens, warm_up
 from microbuild.runtime import ExecResult, Execution, RuntimeError_
 from microbuild.store import CACHEABLE_RUN_STATES, CheckResult, RunRecord, Store
 
@@ -47,6 +67,7 @@ __all__ = [
 ]
 
 Emit = Callable[[dict[str, Any]], None]
+logger = logging.getLogger(__name__)
 
 # What the CLI exits with for a run's status.
 EXIT_CODES = {"passed": 0, "failed": 1, "error": 3}
@@ -150,22 +171,158 @@ def _classify(result: ExecResult, timeout_s: float) -> tuple[str, str | None]:
     return "failed", None
 
 
+# Where instrumented commands write their artifacts: the sidecar's /tmp (private to it, never
+# part of the synced tree), wiped before each instrumented check.
+ARTIFACT_DIR = "tmp/.microbuild-report"
+ARTIFACT_MAX_BYTES = 64 << 20
+# How much of a log the parsers see: its head and its end (a check may write gigabytes).
+PARSE_HEAD_BYTES = 1 << 20
+PARSE_TAIL_BYTES = 7 << 20
+MAX_STORED_FAILURES = 1000
+
+
+class _Sandbox:
+    """What the runner needs to know about a sidecar's filesystem for reports: where its root
+    is from the host (to read artifacts back) and from inside, and the project's packages."""
+
+    def __init__(self, manager: SidecarManager, sidecar_id: str) -> None:
+        self.host_root: Path | None = None
+        self.inner_root = "/"
+        self.workspace = "/workspace"
+        self.own_packages: frozenset[str] = frozenset()
+        try:
+            _record, rt, handle = manager.wake(sidecar_id)
+            self.workspace = rt.workspace_in_sidecar(handle)
+            self.inner_root = posixpath.dirname(self.workspace.rstrip("/")) or "/"
+            workspace = rt.workspace(handle)
+            self.host_root = workspace.parent
+            self.own_packages = project_packages(workspace)
+        except Exception as exc:  # a sidecar that cannot be looked at still runs its checks
+            logger.warning("sidecar %s: no report artifacts: %s", sidecar_id, exc)
+
+    @property
+    def artifact_dir(self) -> str:
+        return posixpath.join(self.inner_root, ARTIFACT_DIR)
+
+    def read(self, artifact: str) -> bytes | None:
+        """An artifact's bytes, read beneath the sidecar's root (symlinks leading out refused)."""
+        from microbuild.host import files
+
+        if self.host_root is None:
+            return None
+        rel = posixpath.relpath(artifact, self.inner_root)
+        if rel.startswith("../") or rel == "..":
+            return None
+        try:
+            return files.read_file(self.host_root, rel, limit=ARTIFACT_MAX_BYTES)
+        except (OSError, files.PathRefused, files.PathInvalid):
+            return None
+
+
+@dataclass
+class _Plan:
+    """How a check runs: its argv and environment, and what parses its output."""
+
+    argv: list[str]
+    env: dict[str, str]
+    parser: str | None
+    artifact: str | None
+
+
+def _plan(check: CheckConfig, sandbox: _Sandbox) -> _Plan:
+    plain = _Plan(["/bin/sh", "-c", check.command], {}, None, None)
+    try:
+        from microbuild.report.parsers import choose_parser, instrument
+
+        parser = choose_parser(check.command, check.parser)
+        inst = instrument(parser, check.command, sandbox.artifact_dir)
+    except Exception as exc:
+        logger.warning("check %s: no parser: %s", check.name, exc)
+        return plain
+    command = inst.command
+    if inst.artifact:
+        where = shlex.quote(sandbox.artifact_dir)
+        command = f"rm -rf {where} 2>/dev/null; mkdir -p {where} 2>/dev/null; {command}"
+    return _Plan(["/bin/sh", "-c", command], dict(inst.env), parser, inst.artifact)
+
+
+def _log_for_parsing(path: Path) -> str:
+    with open(path, "rb") as f:
+        size = os.fstat(f.fileno()).st_size
+        if size <= PARSE_HEAD_BYTES + PARSE_TAIL_BYTES:
+            data = f.read()
+        else:
+            head = f.read(PARSE_HEAD_BYTES)
+            f.seek(size - PARSE_TAIL_BYTES)
+            data = head + b"\n[... output cut by microbuild ...]\n" + f.read()
+    return data.decode("utf-8", errors="replace")
+
+
+def _parse(
+    check: CheckConfig, plan: _Plan, sandbox: _Sandbox, log_path: Path
+) -> ParseResult | None:
+    if plan.parser is None:
+        return None
+    from microbuild.report.parsers import parse_output
+
+    artifact = sandbox.read(plan.artifact) if plan.artifact else None
+    return parse_output(
+        plan.parser, _log_for_parsing(log_path), artifact, workspace=sandbox.workspace
+    )
+
+
+def _report_on(
+    result: CheckResult, check: CheckConfig, plan: _Plan, sandbox: _Sandbox, log_path: Path
+) -> None:
+    """Parse and classify a check's output into `result` (failures; status and reason when
+    the environment is to blame). Never raises: a parser bug must not lose a result."""
+    try:
+        parsed = _parse(check, plan, sandbox, log_path)
+        failures: list[Failure] = list(parsed.failures) if parsed is not None else []
+        for failure in failures:
+            failure.check = check.name
+            if failure.kind != "environment":
+                failure.kind = classify_failure(
+                    failure, own_packages=sandbox.own_packages, network=check.network
+                ).kind
+        diagnosis = classify_check(
+            result.status,
+            result.reason,
+            result.exit_code,
+            failures,
+            "\n".join(log_tail(log_path)),
+            own_packages=sandbox.own_packages,
+            network=check.network,
+        )
+        if diagnosis.kind == "environment" and result.status in ("failed", "error"):
+            result.status, result.reason = "error", diagnosis.cause
+        result.failures = [f.to_json() for f in failures[:MAX_STORED_FAILURES]]
+        if parsed is not None:
+            record_summary(result, parsed)
+    except Exception as exc:
+        logger.warning("check %s: its output could not be parsed: %s", check.name, exc)
+        result.failures = []
+
+
 def _run_one(
     manager: SidecarManager,
     sidecar_id: str,
     check: CheckConfig,
     log_path: Path,
     cancel: Cancellation,
+    sandbox: _Sandbox,
 ) -> CheckResult:
     from microbuild.host.manager import SidecarDead
     from microbuild.runtime import SidecarGone
 
+    plan = _plan(check, sandbox)
     started = time.monotonic()
     with open(log_path, "wb") as log:
         try:
             execution = manager.exec(
                 sidecar_id,
-                ["/bin/sh", "-c", check.command],
+                plan.argv,
+                env=plan.env or None,
                 timeout=check.timeout_s,
                 host_network=check.network == "host",
             )
@@ -189,7 +346,7 @@ def _run_one(
         status, reason = "error", cancel.reason
     elif status in ("failed", "error") and not _alive(manager, sidecar_id):
         status, reason = "error", "the sidecar died during the check"
-    return CheckResult(
+    outcome = CheckResult(
         name=check.name,
         status=status,
         exit_code=result.exit_code,
@@ -198,6 +355,9 @@ def _run_one(
         log_path=str(log_path),
         reason=reason,
     )
+    if status != "passed" and not cancel.cancelled:
+        _report_on(outcome, check, plan, sandbox, log_path)
+    return outcome
 
 
 def _alive(manager: SidecarManager, sidecar_id: str) -> bool:
@@ -227,12 +387,14 @@ def run_checks(
     fail_fast: bool = True,
     emit: Emit | None = None,
     cancel: Cancellation | None = None,
+    report_tokens: int = DEFAULT_BUDGET,
 ) -> RunRecord:
     """Run `checks` in the sidecar one after another and record the run.
 
     The first check that does not pass ends the run (unless `fail_fast` is false; a dead
     sidecar or a cancellation always ends it) and the remaining ones are `skipped`. Events:
-    `check_started`, `check_finished` (per check that ran), `done` (with the run)."""
+    `check_started`, `check_finished` (per check that ran), `done` (with the run, whose report
+    is kept within `report_tokens`)."""
     send = _safe_emit(emit)
     cancel = cancel or Cancellation()
     record = manager.get(sidecar_id)
@@ -246,6 +408,7 @@ def run_checks(
         status="running",
         fail_fast=fail_fast,
     )
+    warm_up()  # the token counts at the end must not wait for the encoding to load
     directory = runs_dir(manager.state_dir) / run.id
     directory.mkdir(parents=True, mode=0o700)
     manager.store.put_run(run)
@@ -253,6 +416,7 @@ def run_checks(
     stop = False
     try:
         with _sidecar_lock(manager, record.id), manager.using(record.id):
+            sandbox = _Sandbox(manager, record.id)
             for check in checks:
                 if stop or cancel.cancelled:
                     run.checks.append(CheckResult(name=check.name, status="skipped"))
@@ -264,6 +428,7 @@ def run_checks(
                     check,
                     log_file(manager.state_dir, run.id, check.name),
                     cancel,
+                    sandbox,
                 )
                 run.checks.append(result)
                 send({"event": "check_finished", "check": check_json(run.id, result)})
@@ -285,9 +450,21 @@ def run_checks(
     finally:
         run.wall_s = time.monotonic() - started
         run.cpu_s = sum(c.cpu_s or 0.0 for c in run.checks)
+        _count_tokens(run, report_tokens)
         manager.store.put_run(run)
-    send({"event": "done", "run": run_json(run)})
+    send({"event": "done", "run": run_json(run, report_tokens=report_tokens)})
     return run
+
+
+def _count_tokens(run: RunRecord, budget: int, raw: int | None = None) -> None:
+    """What the agent reads (the report) against what it would have read (every log)."""
+    try:
+        run.raw_tokens = (
+            raw if raw is not None else count_logs_tokens(c.log_path for c in run.checks)
+        )
+        run.report_tokens = count_tokens(plain_report(run, budget=budget))
+    except Exception as exc:  # accounting must never lose a run
+        logger.warning("run %s: tokens not counted: %s", run.id, exc)
 
 
 def _held_tree(manager: SidecarManager, sidecar_id: str) -> str | None:
@@ -308,6 +485,7 @@ def run_microbuild(
     fail_fast: bool = True,
     emit: Emit | None = None,
     cancel: Cancellation | None = None,
+    report_tokens: int = DEFAULT_BUDGET,
 ) -> RunRecord:
     """What the host does for a microbuild request: one at a time per sidecar; a cached result
     for (tree, config hash, the sidecar's snapshot) is answered at once (recorded as a run of
@@ -319,8 +497,10 @@ def run_microbuild(
             manager.store, tree, config_hash, record.snapshot_id, complete=not fail_fast
         )
         if hit is not None:
-            run = cached_copy(manager.store, hit, project=project, sidecar_id=record.id)
-            send({"event": "done", "run": run_json(run)})
+            run = cached_copy(
+                manager.store, hit, project=project, sidecar_id=record.id, budget=report_tokens
+            )
+            send({"event": "done", "run": run_json(run, report_tokens=report_tokens)})
             return run
         return run_checks(
             manager,
@@ -332,11 +512,20 @@ def run_microbuild(
             fail_fast=fail_fast,
             emit=send,
             cancel=cancel,
+            report_tokens=report_tokens,
         )
 
 
-def cached_copy(store: Store, original: RunRecord, *, project: str, sidecar_id: str) -> RunRecord:
-    """Record a cache answer: the original's result and logs, at no cost of its own."""
+def cached_copy(
+    store: Store,
+    original: RunRecord,
+    *,
+    project: str,
+    sidecar_id: str,
+    budget: int = DEFAULT_BUDGET,
+) -> RunRecord:
+    """Record a cache answer: the original's result and logs, at no cost of its own (its
+    report is the agent's cost: counted; the raw logs are the original's)."""
     started = time.monotonic()
     run = RunRecord(
         id=new_run_id(),
@@ -352,6 +541,7 @@ def cached_copy(store: Store, original: RunRecord, *, project: str, sidecar_id: 
     )
     run.wall_s = time.monotonic() - started
     run.cpu_s = 0.0
+    _count_tokens(run, budget, raw=original.raw_tokens)
     store.put_run(run)
     return run
 
@@ -372,12 +562,18 @@ def check_json(run_id: str, check: CheckResult) -> dict[str, Any]:
     }
 
 
-def run_json(run: RunRecord, *, cached: bool | None = None) -> dict[str, Any]:
-    """A run as the API shows it, with its plain report. `cached` overrides whether it is
-    presented as a cache answer (a cache lookup presents the original run as one)."""
-    from microbuild.build.report import plain_report
-
+def run_json(
+    run: RunRecord, *, cached: bool | None = None, report_tokens: int = DEFAULT_BUDGET
+) -> dict[str, Any]:
+    """A run as the API shows it, with its plain report (within `report_tokens`), its parsed
+    failures and its token counts. `cached` overrides whether it is presented as a cache
+    answer (a cache lookup presents the original run as one)."""
     is_cached = run.cached if cached is None else cached
+    report = plain_report(run, cached=is_cached, budget=report_tokens)
+    try:
+        shown: int | None = count_tokens(report)
+    except Exception:
+        shown = run.report_tokens
     return {
         "id": run.id,
         "project": run.project,
@@ -394,7 +590,9 @@ def run_json(run: RunRecord, *, cached: bool | None = None) -> dict[str, Any]:
         "wall_s": round(run.wall_s, 3),
         "cpu_s": round(run.cpu_s, 3),
         "checks": [check_json(run.id, c) for c in run.checks],
-        "report": plain_report(run, cached=is_cached),
+        "failures": report_json_failures(run),
+        "tokens": {"report": shown, "raw": run.raw_tokens},
+        "report": report,
     }
 
 

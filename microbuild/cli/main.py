@@ -81,7 +81,7 @@ def cli(
 
 
 def _register() -> None:
-    from microbuild.cli import host, init, runs, serve, sidecar, snapshot, validate
+    from microbuild.cli import hook, host, init, runs, serve, sidecar, snapshot, stats, validate
 
     cli.add_command(snapshot.snapshot)
     cli.add_command(sidecar.sidecar)
@@ -90,6 +90,8 @@ def _register() -> None:
     cli.add_command(init.init)
     cli.add_command(validate.validate)
     cli.add_command(runs.runs)
+    cli.add_command(stats.stats)
+    cli.add_command(hook.hook)
 
 
 _register()

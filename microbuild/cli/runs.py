@@ -29,8 +29,21 @@ def list_runs(client: Client, project: str | None = None, limit: int = 50) -> li
     return client._request("GET", "/v1/runs", params=params)  # type: ignore[no-any-return]
 
 
-def get_run(client: Client, run_id: str) -> dict[str, Any]:
-    return client._request("GET", f"/v1/runs/{_run_id(run_id)}")  # type: ignore[no-any-return]
+def get_run(client: Client, run_id: str, report_tokens: int | None = None) -> dict[str, Any]:
+    params = {} if report_tokens is None else {"report_tokens": report_tokens}
+    return client._request(  # type: ignore[no-any-return]
+        "GET", f"/v1/runs/{_run_id(run_id)}", params=params
+    )
+
+
+def _budget(app: AppContext) -> int | None:
+    """The report budget of the project we are in; the host's default outside any project."""
+    from microbuild.errors import ConfigError
+
+    try:
+        return app.project().config.report_tokens
+    except ConfigError:
+        return None
 
 
 def get_log(client: Client, run_id: str, check: str) -> bytes:
@@ -112,7 +125,7 @@ def show_(app: AppContext, run_id: str, check: str | None, as_json: bool) -> Non
             sys.stdout.buffer.write(data)
             sys.stdout.flush()
         return
-    record = get_run(app.client, run_id)
+    record = get_run(app.client, run_id, _budget(app))
     if as_json:
         emit_json(record)
     else:

@@ -105,7 +105,7 @@ def _decide(event: StopEvent, state: Path, host: str | None, started: float) -> 
         return Answer.allow(f"microbuild did not validate: {exc}"), f"broken config: {exc}"
     root = str(project.root)
     try:
-        tree = sync.tree_id(project.root)
+        tree = sync.tree_id(project.root, state / "indexes")
     except Exception as exc:
         return Answer.allow(), f"no tree id (not a git repository?): {exc}"
     hooks = project.config.hooks

@@ -200,6 +200,8 @@ ConfigHash = Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
 # Check names become log file names (NAME_MAX); commands one argv string (MAX_ARG_STRLEN).
 MAX_CHECK_NAME = 200
 MAX_CHECK_COMMAND = 1 << 16
+DEFAULT_REPORT_TOKENS = 2000
+ReportTokens = Annotated[int, Field(ge=200, le=200_000)]
 
 
 class MicrobuildRequest(BaseModel):
@@ -214,6 +216,9 @@ class MicrobuildRequest(BaseModel):
     )
     config_hash: ConfigHash
     project: str = Field(min_length=1, max_length=4096)
+    report_tokens: ReportTokens = Field(
+        default=DEFAULT_REPORT_TOKENS, description="the report's budget in tokens (o200k)"
+    )
 
     @model_validator(mode="after")
     def _checked(self) -> MicrobuildRequest:
@@ -243,6 +248,20 @@ class CheckRun(BaseModel):
     reason: str | None = Field(description="why the environment failed (timed_out, error)")
 
 
+class RunFailure(BaseModel):
+    check: str
+    id: str = Field(description="test id, rule, or a short label")
+    location: str | None = Field(description="file:line, relative to the project root")
+    message: str
+    kind: Literal["code", "environment"]
+    count: int = Field(description="identical failures this one stands for")
+
+
+class RunTokens(BaseModel):
+    report: int | None = Field(description="tokens (o200k) of `report`")
+    raw: int | None = Field(description="tokens of every check's full log (estimated if huge)")
+
+
 class Run(BaseModel):
     id: str
     project: str
@@ -259,6 +278,8 @@ class Run(BaseModel):
     wall_s: float
     cpu_s: float = Field(description="core-seconds used by the checks")
     checks: list[CheckRun]
+    failures: list[RunFailure] = Field(description="what the checks' parsers found")
+    tokens: RunTokens
     report: str = Field(description="the plain report: verdict, failing output, where logs are")
 
 
@@ -862,6 +883,7 @@ def _add_run_routes(app: FastAPI, manager: SidecarManager) -> None:
                     fail_fast=body.fail_fast,
                     emit=emit,
                     cancel=cancel,
+                    report_tokens=body.report_tokens,
                 )
             except Exception as exc:  # the stream must end with an event, whatever happened
                 with contextlib.suppress(Exception):
@@ -883,6 +905,7 @@ def _add_run_routes(app: FastAPI, manager: SidecarManager) -> None:
         config_hash: Annotated[str, Query(pattern=r"^[0-9a-f]{64}$")],
         snapshot_id: Annotated[str, Query(min_length=1, max_length=64, pattern=r"^\w+$")],
         complete: bool = False,
+        report_tokens: Annotated[int, Query(ge=200, le=200_000)] = DEFAULT_REPORT_TOKENS,
     ) -> dict[str, Any]:
         """The latest passed or failed run for this key (environment errors are never cached),
         presented as a cache answer; with `complete`, not a fail-fast run that stopped early."""
@@ -893,21 +916,28 @@ def _add_run_routes(app: FastAPI, manager: SidecarManager) -> None:
         )
         if hit is None:
             raise NotFound("no cached run for this tree, config and snapshot")
-        return await run(lambda: run_json(hit, cached=True))
+        return await run(lambda: run_json(hit, cached=True, report_tokens=report_tokens))
 
     @app.get("/v1/runs", response_model=list[Run], tags=["runs"])
     async def list_runs(
         project: Annotated[str | None, Query(max_length=4096)] = None,
         limit: Annotated[int, Query(ge=1, le=1000)] = 50,
+        report_tokens: Annotated[int, Query(ge=200, le=200_000)] = DEFAULT_REPORT_TOKENS,
     ) -> list[dict[str, Any]]:
         def go() -> list[dict[str, Any]]:
-            return [run_json(r) for r in manager.store.list_runs(project, limit)]
+            runs = manager.store.list_runs(project, limit)
+            return [run_json(r, report_tokens=report_tokens) for r in runs]
 
         return await run(go)
 
     @app.get("/v1/runs/{run_id}", response_model=Run, tags=["runs"])
-    async def get_run(run_id: IdPath) -> dict[str, Any]:
-        return await run(lambda: run_json(manager.store.get_run(run_id)))
+    async def get_run(
+        run_id: IdPath,
+        report_tokens: Annotated[int, Query(ge=200, le=200_000)] = DEFAULT_REPORT_TOKENS,
+    ) -> dict[str, Any]:
+        return await run(
+            lambda: run_json(manager.store.get_run(run_id), report_tokens=report_tokens)
+        )
 
     @app.get(
         "/v1/runs/{run_id}/logs/{check}",
