@@ -284,7 +284,7 @@ def test_same_error_in_many_tests_is_one_entry(tmp_path: Path) -> None:
     assert len(entries) == 1 and entries[0].count == 40
     report = plain_report(make_run(tmp_path, [failure(0), *same]))
     assert "tests/test_a.py::test_p[0] \N{MULTIPLICATION SIGN}40  src/pkg/mod.py:12" in report
-    assert re.search(r"also: tests/test_a\.py::test_p\[1\], .*… 36 more", report)
+    assert re.search(r"also: \[1\], \[2\], \[3\], … 36 more", report)
     assert report.count("unsupported operand") == 1
 
 
@@ -484,3 +484,49 @@ def test_stats_per_project(tmp_path: Path) -> None:
     empty = runner.invoke(cli, ["--state-dir", str(tmp_path / "none"), "stats"])
     assert empty.exit_code == 0 and "no runs" in empty.output
     assert not (tmp_path / "none").exists()  # asking does not make a state dir
+
+
+def test_parametrized_variants_failing_at_one_place_are_one_entry() -> None:
+    """`test_add[31]` … `test_add[39]` failing on the same line with the same error type but
+    different values: one entry with the first message and excerpt, counted 9 times, a few
+    ids; a test of another family or another error type stays apart."""
+    failures = [
+        Failure(
+            id=f"tests/test_calc.py::test_add[{i}]",
+            message=f"AssertionError: assert {i + 2} == ({i} + 1)",
+            file="tests/test_calc.py",
+            line=8,
+            excerpt=f"E  assert {i + 2} == ({i} + 1)",
+            check="tests",
+        )
+        for i in range(31, 40)
+    ]
+    failures.append(
+        Failure(
+            id="tests/test_calc.py::test_add[40]",
+            message="TypeError: unsupported operand",
+            file="tests/test_calc.py",
+            line=8,
+            check="tests",
+        )
+    )
+    failures.append(
+        Failure(
+            id="tests/test_calc.py::test_div",
+            message="ZeroDivisionError: integer division or modulo by zero",
+            file="src/calc/__init__.py",
+            line=5,
+            check="tests",
+        )
+    )
+    entries = dedupe(failures)
+    assert [(e.ids[0], e.count) for e in entries] == [
+        ("tests/test_calc.py::test_add[31]", 9),
+        ("tests/test_calc.py::test_add[40]", 1),
+        ("tests/test_calc.py::test_div", 1),
+    ]
+    assert entries[0].message == "AssertionError: assert 33 == (31 + 1)"
+    assert entries[0].excerpt == "E  assert 33 == (31 + 1)"
+    assert entries[0].extra_ids + len(entries[0].ids) == 9
+    also = entries[0].render(excerpt=False)[2]
+    assert also == "  also: [32], [33], [34], … 5 more"

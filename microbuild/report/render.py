@@ -191,6 +191,12 @@ class Entry:
         if self.message:
             lines.append(f"  {self.message}")
         others = self.ids[1:]
+        family = _PARAMETRIZED.fullmatch(self.ids[0]) if self.ids else None
+        if family is not None:
+            # Variants of the first test: their parameters say it all.
+            others = [
+                o.removeprefix(family[1]) if o.startswith(f"{family[1]}[") else o for o in others
+            ]
         if others:
             more = self.extra_ids
             tail = f", … {more} more" if more else ""
@@ -231,13 +237,22 @@ def check_failures(check: CheckResult) -> list[Failure]:
     return found
 
 
+_PARAMETRIZED = re.compile(r"(.+?)\[.*\]", re.S)
+
+
 def dedupe(failures: Iterable[Failure]) -> list[Entry]:
     """Merge failures with the same check, kind, message and location into one entry (in the
-    order of their first occurrence), keeping the first excerpt and a few ids."""
+    order of their first occurrence), keeping the first excerpt and a few ids. Variants of one
+    parametrized test (`test_x[1]`, `test_x[2]`) failing at the same place with the same kind
+    of error merge too, even when their messages differ: the first one stands for them."""
     entries: dict[tuple[str, str, str, str | None], Entry] = {}
     for failure in failures:
         message = _one_line(failure.message)
         key = (failure.check, failure.kind, message, failure.location)
+        family = _PARAMETRIZED.fullmatch(failure.id)
+        if family is not None:
+            error_type = message.split(":", 1)[0]
+            key = (failure.check, failure.kind, f"{family[1]}[…] {error_type}", failure.location)
         count = max(1, failure.count)
         entry = entries.get(key)
         if entry is None:
