@@ -530,3 +530,13 @@ def test_parametrized_variants_failing_at_one_place_are_one_entry() -> None:
     assert entries[0].extra_ids + len(entries[0].ids) == 9
     also = entries[0].render(excerpt=False)[2]
     assert also == "  also: [32], [33], [34], … 5 more"
+
+
+def test_linter_verdict_counts_findings_not_files(tmp_path: Path) -> None:
+    findings = [
+        Failure(id=rule, message="m", file="src/a.py", line=line, check="lint")
+        for rule, line in (("F401", 1), ("F841", 7))
+    ]
+    parsed = ParseResult(parser="ruff", failures=findings, total=None, failed=1)
+    run = make_run(tmp_path, findings, parsed=parsed, name="lint")
+    assert plain_report(run).startswith("FAILED lint (2 findings) in ")

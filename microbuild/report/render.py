@@ -294,8 +294,14 @@ def _cause(check: CheckResult) -> str:
     ).cause
 
 
+_FINDING_PARSERS = ("ruff", "mypy", "eslint", "tsc")
+
+
 def _failed_count(check: CheckResult, summary: ParseSummary | None) -> str:
     found = sum(max(1, int(f.get("count") or 1)) for f in check.failures)
+    if summary is not None and summary.parser in _FINDING_PARSERS and found:
+        # A linter's counts are of files; what the agent fixes is findings.
+        return _plural(found, "finding")
     failed = summary.failed if summary is not None and summary.failed is not None else found
     total = summary.total if summary is not None else None
     if failed and total:
