@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import ast
 import configparser
+import fnmatch
 import json
 import os
 import re
@@ -25,6 +26,8 @@ from pathlib import Path
 from typing import Any
 
 from microbuild.config import CONFIG_FILENAME, PYPROJECT_FILENAME, ProjectConfig, load_config
+from microbuild.distill import Distilled, PythonNeeds, distill
+from microbuild.distill.steps import program, split_script
 from microbuild.errors import ConfigError
 
 __all__ = [
@@ -166,7 +169,9 @@ class InitResult:
 # entry point
 
 
-def init_project(root: Path, *, force: bool = False, dry_run: bool = False) -> InitResult:
+def init_project(
+    root: Path, *, force: bool = False, dry_run: bool = False, use_ci: bool = True
+) -> InitResult:
     """Detect the project at ``root`` and write its configuration (unless ``dry_run``).
 
     Raises :class:`InitError` when ``root`` is not a directory inside a git work tree, or when
@@ -195,7 +200,7 @@ def init_project(root: Path, *, force: bool = False, dry_run: bool = False) -> I
         raise InitError(existing[0][1])
     notes = tuple(message for _, message in existing if not force)
 
-    plan = detect(root)
+    plan = detect(root, use_ci=use_ci)
     writes: dict[Path, str] = {}
     if has_table and not config_file.exists():
         # The project keeps its configuration in pyproject.toml: replace the table there.
@@ -219,9 +224,58 @@ def init_project(root: Path, *, force: bool = False, dry_run: bool = False) -> I
     return InitResult(target, not dry_run, config_text, plan.decisions, notes)
 
 
-def detect(root: Path) -> Plan:
-    """Read the project at ``root`` (no writes, no network) and plan its configuration."""
-    return _Detector(root.resolve()).plan()
+def detect(root: Path, *, use_ci: bool = True) -> Plan:
+    """Read the project at ``root`` (no writes, no network) and plan its configuration.
+
+    With ``use_ci`` the CI files (or, without CI, the task runners) decide the checks, and the
+    project's own files complete the setup; :class:`InitError` if a CI file is broken.
+    """
+    root = root.resolve()
+    detector = _Detector(root)
+    if not use_ci:
+        return detector.plan()
+    try:
+        distilled = distill(root)
+    except ConfigError as err:
+        raise InitError(str(err)) from None
+    return detector.plan(distilled)
+
+
+_PY_TOOLS = {
+    "ruff": "ruff",
+    "mypy": "mypy",
+    "pytest": "pytest",
+    "py.test": "pytest",
+    "flake8": "flake8",
+    "black": "black",
+    "isort": "isort",
+    "pylint": "pylint",
+    "pyright": "pyright",
+    "pre-commit": "pre-commit",
+    "codespell": "codespell",
+    "bandit": "bandit",
+    "build": "build",
+}
+
+
+def _tools_of(checks: Iterable[Check]) -> list[str]:
+    """The Python tools the checks' commands start, as pip names (for the .venv install)."""
+    tools: list[str] = []
+    for check in checks:
+        for part in split_script(check.command):
+            name, args = program(part.strip("()"))
+            tool = _PY_TOOLS.get(name)
+            if tool and tool not in tools:
+                tools.append(tool)
+            if tool == "pytest":
+                if any(
+                    a in ("-n", "--numprocesses") or (a.startswith("-n") and a[2:].isalnum())
+                    for a in args
+                ):
+                    tools.append("pytest-xdist")
+                if any(a.startswith("--cov") for a in args):
+                    tools.append("pytest-cov")
+    return tools
 
 
 # ---------------------------------------------------------------------------
@@ -263,49 +317,141 @@ class _Detector:
 
     # -- the plan
 
-    def plan(self) -> Plan:
+    def plan(self, ci: Distilled | None = None) -> Plan:
         manifests = [n for n in ("pyproject.toml", "setup.py", "setup.cfg") if self._is_file(n)]
         requirement_files = self._requirement_files()
         is_python = bool(manifests or requirement_files) or _has_python_files(self.root)
+        use_ci = ci is not None and bool(ci.checks)
+        if ci is not None:
+            self._ci_decisions(ci)
         if not is_python:
             self._drop(
                 "setup",
                 "no Python project here (no pyproject.toml, setup.py, setup.cfg, "
-                "requirements*.txt or *.py files); setup installs nothing",
+                "requirements*.txt or *.py files); no Python setup",
             )
+            if ci is not None and use_ci:
+                kept = tuple(Check(n, c, t) for n, c, t in ci.checks)
+                return Plan(ci.setup, ci.inputs, (), kept, tuple(self.decisions))
             self._drop("checks", "nothing to check was found; add [[check]] tables by hand")
             return Plan((), (), (), (), tuple(self.decisions))
 
         self._keep("setup", f"`{VENV_COMMAND}` (sidecars put .venv/bin first on PATH)")
         args: list[str] = []
         installable = self._installable()
-        if installable is not None:
-            args += self._package_args(installable)
-        args += self._requirement_args(requirement_files, installable is not None)
-        args += self._group_args()
-
         checks: list[Check] = []
         tools: list[str] = []
-        for found in (self._lint(), self._types(), self._tests()):
-            if found is not None:
-                check, tool = found
-                checks.append(check)
-                tools.append(tool)
-        if not checks:
-            self._drop(
-                "checks",
-                "no ruff or mypy configuration, pytest use or tests directory found; "
-                "add [[check]] tables by hand",
-            )
-        args += [tool for tool in tools if _norm(tool) not in self.provided]
+        if ci is not None and use_ci and not ci.python.empty():
+            args += self._ci_args(ci.python, installable)
+        else:
+            if ci is not None and use_ci:
+                self._keep(
+                    "install",
+                    f"{', '.join(ci.sources)} install nothing a .venv can reproduce; "
+                    "what to install is read from the project's files",
+                )
+            if installable is not None:
+                args += self._package_args(installable)
+            args += self._requirement_args(requirement_files, installable is not None)
+            args += self._group_args()
+        if ci is not None and use_ci:
+            checks = [Check(n, c, t) for n, c, t in ci.checks]
+            tools = _tools_of(checks)
+        else:
+            for found in (self._lint(), self._types(), self._tests()):
+                if found is not None:
+                    check, tool = found
+                    checks.append(check)
+                    tools.append(tool)
+            if not checks:
+                self._drop(
+                    "checks",
+                    "no ruff or mypy configuration, pytest use or tests directory found; "
+                    "add [[check]] tables by hand",
+                )
+        missing = [tool for tool in tools if _norm(tool) not in self.provided]
+        if ci is not None and use_ci and missing:
+            self._keep("install " + " ".join(missing), "the checks run them")
+        args += missing
 
         setup = [VENV_COMMAND]
         if args:
             setup.append(" ".join([PIP_INSTALL, *args]))
+        inputs = list(self._inputs(requirement_files))
+        if ci is not None and use_ci:
+            setup += [c for c in ci.setup if c not in setup]
+            inputs += [i for i in ci.inputs if not any(fnmatch.fnmatch(i, p) for p in inputs)]
         env = self._scm_env()
-        return Plan(
-            tuple(setup), self._inputs(requirement_files), env, tuple(checks), tuple(self.decisions)
-        )
+        return Plan(tuple(setup), tuple(inputs), env, tuple(checks), tuple(self.decisions))
+
+    def _ci_decisions(self, ci: Distilled) -> None:
+        for item, reason, file in ci.kept:
+            self._keep(item, reason, file)
+        for drop in ci.dropped:
+            self._drop(drop.item, drop.reason, drop.file)
+        if ci.checks:
+            names = ", ".join(name for name, _, _ in ci.checks)
+            self._keep("checks", f"{names}, from {', '.join(ci.sources)}", ci.sources[0])
+        elif ci.sources:
+            self._drop(
+                "CI", f"{', '.join(ci.sources)} yield no check; detected from the project files"
+            )
+
+    def _ci_args(self, needs: PythonNeeds, installable: str | None) -> list[str]:
+        """The CI's Python installs as arguments of one ``.venv`` pip install."""
+        args: list[str] = []
+        if installable is not None:
+            for requirement in self._project_dependencies():
+                self._provide(
+                    requirement, f"the project's dependencies ({installable})", installable
+                )
+            extras = self._extras()
+            chosen = [e for e in needs.extras if _norm(e) in extras]
+            for name in needs.extras:
+                if _norm(name) not in extras:
+                    self._drop(
+                        f"extra [{name}]", "the CI installs it, but the project does not declare it"
+                    )
+            for name in chosen:
+                extra = extras[_norm(name)]
+                for requirement in self._expand_extra(extra, extras, set()):
+                    self._provide(requirement, f"extra '{name}' ({extra.file})", extra.file)
+            target = f".[{','.join(chosen)}]" if chosen else "."
+            self._keep(f"install -e {target}", "the CI installs the project", installable)
+            args += ["-e", shlex.quote(target)]
+        elif needs.project:
+            self._drop(
+                "install -e .", "the CI installs the project, but nothing here is installable"
+            )
+        for name in needs.requirement_files:
+            self._keep(f"-r {name}", "the CI installs it", name)
+            args += ["-r", shlex.quote(name)]
+            for requirement in _requirements_in_file(self.root / name, set()):
+                self._provide(requirement, name, name)
+        groups = self.pyproject.get("dependency-groups")
+        declared = {_norm(k): k for k in groups} if isinstance(groups, dict) else {}
+        for name in needs.groups:
+            if _norm(name) not in declared:
+                self._drop(
+                    f"dependency group {name}", "the CI asks for it; pyproject.toml has none"
+                )
+                continue
+            assert isinstance(groups, dict)
+            requirements = _expand_group(groups, declared[_norm(name)], set())
+            fresh = [r for r in requirements if _req_name(r) not in self.provided]
+            self._keep(
+                f"dependency group {name}",
+                f"the CI installs it ({len(requirements)} requirements)",
+                "pyproject.toml",
+            )
+            for requirement in fresh:
+                self._provide(requirement, f"dependency group '{name}'", "pyproject.toml")
+            args += [shlex.quote(r) for r in fresh]
+        for package in needs.packages:
+            if _req_name(package) not in self.provided:
+                self._provide(package, "the CI's pip install", "CI")
+                args.append(shlex.quote(package))
+        return args
 
     # -- installing the project
 

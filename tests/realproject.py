@@ -77,6 +77,32 @@ PROJECTS = {
 }
 
 
+# Projects whose microbuild.toml `microbuild init` writes (tests/test_init.py): not in PROJECTS,
+# whose users (test_validate, test_e2e_real_project, benchmarks) write their own configs.
+INIT_PROJECTS = {
+    "attrs": RealProject(
+        name="attrs",
+        version="26.1.0",
+        scm_version=True,
+        bug_file="tests/test_funcs.py",
+        bug_sed='s/assert {"x": 1, "y": 2} == asdict(/assert {"x": 1, "y": 3} == asdict(/',
+    ),
+    "packaging": RealProject(
+        name="packaging",
+        version="26.4",
+        bug_file="tests/test_version.py",
+        bug_sed=(
+            's/assert Version("1.0rc1") == Version("1.0c1")/'
+            'assert Version("1.0rc1") == Version("1.0c2")/'
+        ),
+    ),
+}
+
+
+def spec_of(name: str) -> RealProject:
+    return PROJECTS[name] if name in PROJECTS else INIT_PROJECTS[name]
+
+
 def require(condition: bool, reason: str) -> None:
     """Skip with `reason` unless the condition holds; fail instead when isolation is required."""
     if condition:
@@ -192,7 +218,7 @@ def init_repo(path: Path, message: str = "import") -> None:
 
 def checkout(name: str, dest: Path) -> Path:
     """Unpack the pinned sdist of `name` into `dest`/<name>-<version>, committed; return it."""
-    spec = PROJECTS[name]
+    spec = spec_of(name)
     sdist = fetch_sdist(spec)
     dest.mkdir(parents=True, exist_ok=True)
     root = dest / f"{spec.name}-{spec.version}"

@@ -13,21 +13,44 @@ from microbuild.cli._ui import emit_json
 EXIT_FAILED = 1  # as in microbuild.cli.main, which imports this module
 
 
+def _agent_hooks(ctx: click.Context, _param: click.Parameter, target: str | None) -> None:
+    """--agent: install that agent's stop hook once init has written the config."""
+    if target is not None:
+        from microbuild.cli.hook import install_after_init
+
+        ctx.call_on_close(lambda: install_after_init(ctx, target))
+
+
 @click.command()
+@click.option(
+    "--agent",
+    type=click.Choice(["claude", "codex", "cursor", "gemini", "all"]),
+    expose_value=False,
+    callback=_agent_hooks,
+    help="Also install this agent's stop hook (see `microbuild hook install`).",
+)
 @click.argument("path", required=False, type=click.Path(path_type=Path))
 @click.option("--dry-run", is_flag=True, help="Print the configuration; write nothing.")
 @click.option(
     "--force", is_flag=True, help="Replace an existing microbuild.toml or [tool.microbuild] table."
 )
 @click.option(
+    "--no-ci",
+    is_flag=True,
+    help="Ignore CI files and task runners; detect from the Python project files only.",
+)
+@click.option(
     "--json", "as_json", is_flag=True, help="Print {path, written, config, decisions} as JSON."
 )
 @click.pass_context
-def init(ctx: click.Context, path: Path | None, dry_run: bool, force: bool, as_json: bool) -> None:
-    """Write a microbuild.toml for the Python project at PATH (default: here).
+def init(
+    ctx: click.Context, path: Path | None, dry_run: bool, force: bool, no_ci: bool, as_json: bool
+) -> None:
+    """Write a microbuild.toml for the project at PATH (default: here), distilled from its CI.
 
-    Setup and checks are detected from the project's own files; each decision, and the file
-    behind it, is printed to stderr.
+    Checks come from the CI (CircleCI, GitHub Actions, GitLab), else from tox.ini, noxfile.py,
+    Makefile or package.json, else from the Python project's files, which also complete the
+    setup. Each decision kept or dropped, and the file behind it, is printed to stderr.
     """
     from microbuild.init import GeneratedConfigError, init_project
 
@@ -35,7 +58,7 @@ def init(ctx: click.Context, path: Path | None, dry_run: bool, force: bool, as_j
     base = (app.project_dir if app is not None else None) or Path.cwd()
     root = base / path if path is not None else base
     try:
-        result = init_project(root, force=force, dry_run=dry_run)
+        result = init_project(root, force=force, dry_run=dry_run, use_ci=not no_ci)
     except GeneratedConfigError as exc:
         click.echo(f"error: {exc}", err=True)
         sys.exit(EXIT_FAILED)

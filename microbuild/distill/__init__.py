@@ -1,0 +1,65 @@
+"""Distil a project's CI (CircleCI, GitHub Actions, GitLab) or task runners into checks.
+
+The CI systems are read first; when none yields a check, tox.ini / noxfile.py / Makefile /
+package.json are. Python installs are not copied literally (CI installs into a throw-away
+machine's system Python): they are read into :class:`PythonNeeds`, which `microbuild init`
+writes as one install into the snapshot's ``.venv``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from microbuild.distill import circleci, github, gitlab
+from microbuild.distill.steps import TIMEOUTS, Distiller, Drop, PythonNeeds, python_needs
+from microbuild.distill.tasks import distill_tasks
+
+__all__ = ["Distilled", "PythonNeeds", "distill"]
+
+
+@dataclass(frozen=True)
+class Distilled:
+    sources: tuple[str, ...]
+    """The files the checks came from (CI files, or task files when there is no CI)."""
+    checks: tuple[tuple[str, str, int], ...]
+    """(name, command, timeout_s), fast first."""
+    setup: tuple[str, ...]
+    """Non-Python setup commands (``npm ci``, ...), in order."""
+    inputs: tuple[str, ...]
+    python: PythonNeeds
+    kept: tuple[tuple[str, str, str | None], ...]
+    dropped: tuple[Drop, ...]
+
+
+def distill(root: Path) -> Distilled:
+    """Read the CI of ``root``; raises ConfigError for a CI file that is not valid YAML."""
+    out = Distiller()
+    sources: list[str] = []
+    for reader in (circleci.distill, github.distill, gitlab.distill):
+        sources += reader(root, out)
+    if not out.checks:
+        if sources:
+            out.drop("CI", f"{', '.join(sources)} yield no check; reading task runners", None)
+        sources = distill_tasks(root, out)
+    return _result(root, out, sources)
+
+
+def _result(root: Path, out: Distiller, sources: list[str]) -> Distilled:
+    checks = tuple((name, cmd, TIMEOUTS[name]) for name, cmd in out.check_commands())
+    needs = python_needs(out.python_setup)
+    for rel in needs.requirement_files:
+        if (root / rel).is_file():
+            out.input(rel)
+        else:
+            out.drop(f"-r {rel}", "the requirements file does not exist", None)
+    needs.requirement_files = [r for r in needs.requirement_files if (root / r).is_file()]
+    return Distilled(
+        tuple(sources),
+        checks,
+        tuple(out.setup),
+        tuple(out.inputs),
+        needs,
+        tuple(out.kept),
+        tuple(out.dropped),
+    )
