@@ -201,3 +201,108 @@ def test_split_script_chains_and_continuations() -> None:
         "echo 'a && b'",
     ]
     assert classify("cd sub && pytest -q").kind == "tests"
+
+
+def test_tox_env_defaults_and_opt_in_envs(tmp_path: Path) -> None:
+    """Modelled on pluggy 1.5.0's tox.ini: the command is `{env:_PLUGGY_TOX_CMD:pytest}` (tox
+    runs the default when the variable is unset), and a `benchmark` env outside env_list runs
+    only when asked for: the tests check is the plain pytest run, not the benchmark."""
+    root = tmp_path / "proj"
+    root.mkdir()
+    (root / "pyproject.toml").write_text('[project]\nname = "p"\nversion = "1"\n')
+    (root / "tox.ini").write_text(
+        "[tox]\nenvlist=docs,py{38,39,310,311,py3},py{38}-pytest{main}\n\n"
+        "[testenv]\ncommands=\n  {env:_PLUGGY_TOX_CMD:pytest} {posargs}\n"
+        "  coverage: coverage report -m\nsetenv=\n  _PYTEST_SETUP_SKIP_PLUGGY_DEP=1\n"
+        "  coverage: _PLUGGY_TOX_CMD=coverage run -m pytest\nextras=testing\n\n"
+        "[testenv:benchmark]\ncommands=pytest {posargs:testing/benchmark.py}\ndeps=\n  pytest\n\n"
+        "[testenv:lint]\ncommands={env:RUFF:{env:RUFF_BIN:ruff}} check src\n"
+    )
+    checks = {name: command for name, command, _timeout in distill(root).checks}
+    assert checks["tests"].endswith("pytest")
+    assert "benchmark" not in checks["tests"] and "{env" not in checks["tests"]
+
+
+PLUGGY_LIKE_WORKFLOW = """\
+name: main
+on:
+  push:
+    branches: [main]
+jobs:
+  build:
+    runs-on: ${{ matrix.os }}
+    strategy:
+      matrix:
+        name: ["windows-py38", "ubuntu-py38", "ubuntu-py311", "ubuntu-benchmark"]
+        include:
+          - {name: "windows-py38", python: "3.8", os: windows-latest, tox_env: "py38"}
+          - {name: "ubuntu-py38", python: "3.8", os: ubuntu-latest, tox_env: "py38",
+             use_coverage: true}
+          - {name: "ubuntu-py311", python: "3.11", os: ubuntu-latest, tox_env: "py311",
+             use_coverage: true}
+          - {name: "ubuntu-benchmark", python: "3.8", os: ubuntu-latest, tox_env: "benchmark"}
+    steps:
+    - uses: actions/checkout@v3
+    - uses: actions/setup-python@v4
+      with: {python-version: "${{ matrix.python }}"}
+    - run: python -m pip install tox coverage
+    - name: Test without coverage
+      if: "! matrix.use_coverage"
+      run: "tox -e ${{ matrix.tox_env }}"
+    - name: Test with coverage
+      if: "matrix.use_coverage"
+      run: "tox -e ${{ matrix.tox_env }}-coverage"
+"""
+
+PLUGGY_LIKE_TOX = """\
+[tox]
+envlist=py{38,39,310,311}
+
+[testenv]
+commands=
+  {env:_TOX_CMD:pytest} {posargs}
+  coverage: coverage report -m
+setenv=
+  coverage: _TOX_CMD=coverage run -m pytest
+extras=testing
+"""
+
+
+def test_github_matrix_cell_and_its_if_conditions(tmp_path: Path) -> None:
+    """Modelled on pluggy 1.5.0's workflow: of the cells (from `include`), the Linux one on
+    the host's Python is chosen, and the step whose `if:` is false for it is dropped; the tox
+    env's set_env gives `{env:_TOX_CMD:pytest}` its value."""
+    root = tmp_path / "proj"
+    (root / ".github" / "workflows").mkdir(parents=True)
+    (root / ".github" / "workflows" / "main.yml").write_text(PLUGGY_LIKE_WORKFLOW)
+    (root / "tox.ini").write_text(PLUGGY_LIKE_TOX)
+    (root / "pyproject.toml").write_text('[project]\nname = "p"\nversion = "1"\n')
+    result = distill(root)
+    checks = {name: command for name, command, _timeout in result.checks}
+    assert list(checks) == ["tests"]
+    assert checks["tests"].endswith("coverage run -m pytest")
+    assert checks["tests"].count("&&") == 1  # one run of the tests, not two
+    kept = {item: reason for item, reason, _file in result.kept}
+    assert "name=ubuntu-py311" in kept["job build matrix cell"]
+    assert "one of 4 cells" in kept["job build matrix cell"]
+    dropped = {d.item: d.reason for d in result.dropped}
+    assert "does not run in the chosen matrix cell" in dropped["job build step 4"]
+
+
+@pytest.mark.parametrize(
+    ("condition", "expected"),
+    [
+        ("matrix.use_coverage", True),
+        ("! matrix.use_coverage", False),
+        ("${{ matrix.os == 'ubuntu-latest' && matrix.python != '3.8' }}", True),
+        ("matrix.os == 'windows-latest' || matrix.missing", False),
+        ("matrix.use_coverage && github.repository == 'x/y'", None),
+        ("contains(matrix.os, 'ubuntu')", None),
+        ("matrix.os == ", None),
+    ],
+)
+def test_matrix_conditions(condition: str, expected: bool | None) -> None:
+    from microbuild.distill.github import _matrix_condition
+
+    cell = {"os": "ubuntu-latest", "python": "3.11", "use_coverage": "True"}
+    assert _matrix_condition(condition, cell) is expected

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import re
 import sys
 from pathlib import Path
@@ -109,6 +110,9 @@ def _job(
         if re.search(r"\b(failure|cancelled)\(\)", step_if):
             out.drop(label, f"runs only when `{step_if}`", rel)
             continue
+        if step_if and _matrix_condition(step_if, matrix) is False:
+            out.drop(label, f"does not run in the chosen matrix cell (`if: {step_if}`)", rel)
+            continue
         shell = str(step.get("shell") or (run_defaults or {}).get("shell") or "bash")
         if not shell.split()[0].endswith(("bash", "sh")):
             out.drop(label, f"runs in shell {shell!r}, not a POSIX shell", rel)
@@ -128,39 +132,130 @@ def _job(
             add_all(root, out, [Step(line, rel, label, cwd_text, used)])
 
 
+_MAX_CELLS = 512
+
+
+def _cells(matrix: dict[str, Any]) -> list[dict[str, str]]:
+    """The matrix's cells as GitHub expands them: the product of its lists, minus `exclude`,
+    with `include` entries merged into matching cells or added as cells of their own."""
+    axes = [
+        (str(k), [str(v) for v in values] if isinstance(values, list) else [str(values)])
+        for k, values in matrix.items()
+        if k not in ("include", "exclude")
+    ]
+    cells: list[dict[str, str]] = [{}] if axes else []
+    for key, values in axes:
+        cells = [{**c, key: v} for c in cells for v in values or [""]][:_MAX_CELLS]
+    excludes = [e for e in matrix.get("exclude") or [] if isinstance(e, dict)]
+    cells = [
+        c
+        for c in cells
+        if not any(all(c.get(str(k)) == str(v) for k, v in e.items()) for e in excludes)
+    ]
+    originals = set(cells[0]) if cells else set()
+    for extra in matrix.get("include") or []:
+        if not isinstance(extra, dict):
+            continue
+        entry = {str(k): str(v) for k, v in extra.items()}
+        matched = False
+        for cell in cells:
+            if all(cell.get(k) == v for k, v in entry.items() if k in originals):
+                matched = True
+                for k, v in entry.items():
+                    if k not in originals:
+                        cell[k] = v
+        if not matched:
+            cells.append(entry)
+    return [c for c in cells if c]
+
+
+def _cell_score(cell: dict[str, str]) -> int:
+    """Prefer a Linux cell on the host's Python, CPython, and not a benchmark or docs run."""
+    text = " ".join(cell.values()).lower()
+    host = HOST_PYTHON.replace(".", "")
+    score = 0
+    if re.search(r"windows|macos|osx|darwin", text):
+        score -= 4
+    if re.search(r"ubuntu|linux", text):
+        score += 2
+    if re.search(rf"(?<![\d.]){re.escape(HOST_PYTHON)}(?![\d])|py{host}(?!\d)", text):
+        score += 3
+    if "pypy" in text:
+        score -= 2
+    if re.search(r"bench|docs|nightly|dev\b|main\b|minimum|oldest", text):
+        score -= 1
+    return score
+
+
 def _matrix_cell(job: dict[str, Any], where: str, rel: str, out: Distiller) -> dict[str, str]:
     strategy = job.get("strategy")
     matrix = strategy.get("matrix") if isinstance(strategy, dict) else None
     if not isinstance(matrix, dict):
         return {}
-    cell: dict[str, str] = {}
-    for key, values in matrix.items():
-        if key in ("include", "exclude"):
-            continue
-        if isinstance(values, list) and values:
-            strings = [str(v) for v in values]
-            pick = HOST_PYTHON if "python" in key and HOST_PYTHON in strings else strings[0]
-            cell[str(key)] = pick
-        elif "python" in str(key):
-            cell[str(key)] = HOST_PYTHON
-        else:
-            cell[str(key)] = ""
-    for extra in matrix.get("include") or []:
-        if isinstance(extra, dict) and all(str(extra[k]) == cell[k] for k in extra if k in cell):
-            for k, v in extra.items():
-                cell.setdefault(str(k), str(v))
-        elif isinstance(extra, dict) and not cell:
-            cell = {str(k): str(v) for k, v in extra.items()}
-    if cell:
-        shown = ", ".join(f"{k}={v}" for k, v in cell.items())
-        out.kept.append(
-            (
-                f"{where} matrix cell",
-                f"{shown} (one cell; the host's Python {HOST_PYTHON} preferred)",
-                rel,
-            )
+    cells = _cells(matrix)
+    if not cells:
+        return {}
+    cell = max(cells, key=_cell_score)  # the first of the best
+    shown = ", ".join(f"{k}={v}" for k, v in cell.items())
+    out.kept.append(
+        (
+            f"{where} matrix cell",
+            f"{shown} (one of {len(cells)} cells: Linux and the host's Python {HOST_PYTHON} "
+            "preferred)",
+            rel,
         )
+    )
     return cell
+
+
+_IF_TOKEN = re.compile(
+    r"\s*(?:(?P<ref>matrix\.[A-Za-z0-9_-]+)|(?P<str>'[^']*')|(?P<op>==|!=|&&|\|\||!|\(|\))"
+    r"|(?P<lit>true|false|null))"
+)
+
+
+def _matrix_condition(condition: str, matrix: dict[str, str]) -> bool | None:
+    """An `if:` made only of matrix values, literals, ==, !=, !, && and ||, evaluated for the
+    chosen cell; None for anything else (the step is then kept)."""
+    text = condition.strip()
+    if text.startswith("${{") and text.endswith("}}"):
+        text = text[3:-2]
+    pieces: list[str] = []
+    pos = 0
+    while pos < len(text.rstrip()):
+        match = _IF_TOKEN.match(text, pos)
+        if match is None:
+            return None
+        pos = match.end()
+        if match["ref"]:
+            value = matrix.get(match["ref"].split(".", 1)[1], "")
+            known = {"true": True, "false": False, "": None}  # YAML's true reads as "True"
+            pieces.append(repr(known.get(value.lower(), value)))
+        elif match["str"]:
+            pieces.append(repr(match["str"][1:-1]))
+        elif match["lit"]:
+            pieces.append({"true": "True", "false": "False", "null": "None"}[match["lit"]])
+        else:
+            pieces.append({"&&": " and ", "||": " or ", "!": " not "}.get(match["op"], match["op"]))
+    try:
+        tree = ast.parse("".join(pieces).strip(), mode="eval")
+    except SyntaxError:
+        return None
+    allowed = (
+        ast.Expression,
+        ast.BoolOp,
+        ast.And,
+        ast.Or,
+        ast.UnaryOp,
+        ast.Not,
+        ast.Compare,
+        ast.Eq,
+        ast.NotEq,
+        ast.Constant,
+    )
+    if not all(isinstance(node, allowed) for node in ast.walk(tree)):
+        return None
+    return bool(eval(compile(tree, "<if>", "eval"), {"__builtins__": {}}, {}))
 
 
 def _eval(

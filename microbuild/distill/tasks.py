@@ -74,6 +74,17 @@ class Tox:
         self.parser.read_string((root / "tox.ini").read_text(encoding="utf-8", errors="replace"))
 
     def env_list(self) -> list[str]:
+        """The declared environments, then those with a section of their own."""
+        out = self.declared_envs()
+        for section_name in self.parser.sections():
+            if section_name.startswith("testenv:"):
+                for name in _expand_generative(section_name.removeprefix("testenv:")):
+                    if name not in out:
+                        out.append(name)
+        return out
+
+    def declared_envs(self) -> list[str]:
+        """The `env_list` alone: what `tox` with no `-e` runs."""
         section = "tox" if self.parser.has_section("tox") else "tox:tox"
         raw = self.parser.get(section, "env_list", fallback="") or self.parser.get(
             section, "envlist", fallback=""
@@ -83,11 +94,6 @@ class Tox:
             line = line.split("#", 1)[0].strip()
             if line:
                 out += _expand_generative(line)
-        for section_name in self.parser.sections():
-            if section_name.startswith("testenv:"):
-                for name in _expand_generative(section_name.removeprefix("testenv:")):
-                    if name not in out:
-                        out.append(name)
         return out
 
     def _section(self, env: str) -> str | None:
@@ -152,7 +158,7 @@ class Tox:
             out.append(Step(command, file, f"{where} (tox env {env})"))
         change_dir = self._subst(self.get(env, "change_dir") or self.get(env, "changedir"))
         for line in self.get(env, "commands").splitlines():
-            line = self._subst(line).lstrip("-! ").strip()
+            line = self._subst(line, dict(env_vars)).lstrip("-! ").strip()
             if line:
                 out.append(
                     Step(
@@ -161,7 +167,19 @@ class Tox:
                 )
         return out
 
-    def _subst(self, text: str) -> str:
+    def _subst(self, text: str, set_env: dict[str, str] | None = None) -> str:
+        # {env:NAME:default} (nested defaults too): the environment's set_env value, else the
+        # default, as tox gives it when NAME is unset; {env:NAME}: left to the shell.
+        known = set_env or {}
+        while True:
+            expanded = re.sub(
+                r"\{env:([A-Za-z_][A-Za-z0-9_]*)(?::([^{}]*))?\}",
+                lambda m: known.get(m[1], m[2] if m[2] is not None else f"${{{m[1]}}}"),
+                text,
+            )
+            if expanded == text:
+                break
+            text = expanded
         text = re.sub(r"\{posargs:([^{}]*)\}", r"\1", text)
         text = re.sub(r"\{(posargs|tty:[^{}]*)\}", "", text)
         text = re.sub(r"\{(toxinidir|tox_root)\}/?", "./", text)
@@ -335,7 +353,10 @@ def distill_tasks(root: Path, out: Distiller) -> list[str]:
         read.append("tox.ini")
         before = len(out.checks)
         tox = Tox(root)
-        envs = tox.one_python([e for e in tox.env_list() if _tox_env_is_check(tox, e)])
+        # The environments a plain `tox` runs; the others (a benchmark, say) only when none is.
+        checks = [e for e in tox.env_list() if _tox_env_is_check(tox, e)]
+        declared = [e for e in checks if e in tox.declared_envs()]
+        envs = tox.one_python(declared or checks)
         for env in envs:
             add_all(root, out, tox.steps(env, "tox.ini", "tox.ini"))
         if len(out.checks) > before:
