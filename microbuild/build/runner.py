@@ -281,7 +281,9 @@ def _report_on(
         failures: list[Failure] = list(parsed.failures) if parsed is not None else []
         for failure in failures:
             failure.check = check.name
-            if failure.kind != "environment":
+            if result.status == "timed_out" and failure.message.startswith("did not finish"):
+                failure.kind = "environment"  # the test the timeout cut short
+            elif failure.kind != "environment":
                 failure.kind = classify_failure(
                     failure, own_packages=sandbox.own_packages, network=check.network
                 ).kind

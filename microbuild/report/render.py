@@ -172,6 +172,8 @@ class Entry:
     fix: str | None = None
     extra_ids: int = field(default=0)
     """Ids of merged failures beyond those kept in `ids`."""
+    finding: bool = False
+    """A linter's or type checker's finding: one line says it all (the agent opens the file)."""
 
     def head(self) -> str:
         first = self.ids[0] if self.ids else "(unnamed)"
@@ -187,6 +189,8 @@ class Entry:
         return text
 
     def render(self, *, excerpt: bool) -> list[str]:
+        if self.finding:
+            return self._render_finding()
         lines = [self.head()]
         if self.message:
             lines.append(f"  {self.message}")
@@ -202,8 +206,27 @@ class Entry:
             tail = f", … {more} more" if more else ""
             lines.append(f"  also: {', '.join(others)}{tail}")
         if excerpt and self.excerpt:
-            lines.extend(f"  | {line}" for line in _excerpt_lines(self.excerpt))
+            shown = [line for line in _excerpt_lines(self.excerpt) if not self._repeats(line)]
+            lines.extend(f"  | {line}" for line in shown)
         return lines
+
+    def _repeats(self, line: str) -> bool:
+        """An excerpt line that only says the message again (pytest's `E   AssertionError…`)."""
+        core = _EXCERPT_MARK.sub("", line).strip()
+        if not core or not self.message:
+            return False
+        bare = self.message.split(": ", 1)[-1]
+        return core in (self.message, bare) or _one_line(core) in (self.message, bare)
+
+    def _render_finding(self) -> list[str]:
+        where = self.location or "?"
+        text = f"{where} {' '.join(self.ids[:1])} {self.message}".rstrip()
+        if self.count > 1:
+            text += f" {TIMES}{self.count}"
+        return [text]
+
+
+_EXCERPT_MARK = re.compile(r"^\s*(?:E\s|>\s|\|\s)?")
 
 
 def _excerpt_lines(excerpt: str) -> list[str]:
@@ -349,9 +372,11 @@ class _Section:
     """Failures the tool counted that no entry stands for (e.g. the parser saw fewer)."""
     shown: list[int] = field(default_factory=list)
     """Per entry: 2 whole, 1 without excerpt, 0 left out."""
+    show_head: bool = True
+    """False when this is the only check to report on: the verdict already names it."""
 
     def lines(self) -> list[str]:
-        out = ["", self.head]
+        out = ["", self.head] if self.show_head else [""]
         for entry, level in zip(self.entries, self.shown, strict=True):
             if level:
                 out.extend(entry.render(excerpt=level == 2))
@@ -369,7 +394,8 @@ class _Section:
         )
         if bare:
             out.append(f"… excerpts of {_plural(bare, 'failure')} left out")
-        if self.incomplete:
+        if self.incomplete and self.check.status != "failed":
+            # A tool that stopped by itself (pytest -x) was not cut short.
             out.append("… the output was cut short: more may have failed")
         out.extend(f"fix: {fix}" for fix in self.fixes)
         return out
@@ -378,6 +404,9 @@ class _Section:
 def _section(check: CheckResult) -> _Section:
     summary = read_summary(check)
     entries = dedupe(check_failures(check))
+    if summary is not None and summary.parser in _FINDING_PARSERS:
+        for entry in entries:
+            entry.finding = True
     if check.status == "failed":
         head = f"{check.name}: exit {check.exit_code} after {_seconds(check.duration_s)}"
         fixes: list[str] = []
@@ -396,7 +425,10 @@ def _section(check: CheckResult) -> _Section:
         check=check,
         head=head,
         entries=entries,
-        tail=[] if entries else log_tail(check.log_path),
+        # A killed or timed-out command: what it was doing last is what matters.
+        tail=[]
+        if entries
+        else log_tail(check.log_path, lines=TAIL_LINES if check.status == "failed" else 5),
         fixes=fixes,
         incomplete=summary is not None and not summary.complete and bool(entries),
         not_parsed=not_parsed,
@@ -470,10 +502,13 @@ def plain_report(
     if not bad and run.status != "error":
         return first + "\n"
     sections = [_section(c) for c in bad]
+    if len(sections) == 1:
+        sections[0].show_head = False
     ending = _ending(run, bad)
     fixed_lines = [first, *(["", *ending] if ending else [])]
     for section in sections:
-        fixed_lines.extend(["", section.head, *(f"fix: {f}" for f in section.fixes)])
+        head = [section.head] if section.show_head else []
+        fixed_lines.extend(["", *head, *(f"fix: {f}" for f in section.fixes)])
     # Room for the `… N more` lines each section may add.
     fixed = _cost(fixed_lines) + 16 * len(sections)
     _fit(sections, fixed, budget)
