@@ -213,6 +213,8 @@ class Entry:
     def _repeats(self, line: str) -> bool:
         """An excerpt line that only says the message again (pytest's `E   AssertionError…`)."""
         core = _EXCERPT_MARK.sub("", line).strip()
+        if _NOISE.search(core):
+            return True
         if not core or not self.message:
             return False
         bare = self.message.split(": ", 1)[-1]
@@ -226,6 +228,8 @@ class Entry:
         return [text]
 
 
+# pytest's hints about its own verbosity say nothing about the failure.
+_NOISE = re.compile(r"Full output truncated|use '-vv?' to show|Use -v to get more diff")
 _EXCERPT_MARK = re.compile(r"^\s*(?:E\s|>\s|\|\s)?")
 
 
@@ -428,7 +432,7 @@ def _section(check: CheckResult) -> _Section:
         # A killed or timed-out command: what it was doing last is what matters.
         tail=[]
         if entries
-        else log_tail(check.log_path, lines=TAIL_LINES if check.status == "failed" else 5),
+        else log_tail(check.log_path, lines=TAIL_LINES if check.status == "failed" else 3),
         fixes=fixes,
         incomplete=summary is not None and not summary.complete and bool(entries),
         not_parsed=not_parsed,
