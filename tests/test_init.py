@@ -608,18 +608,34 @@ def installs_pytest(root: Path, install: str) -> bool:
     return False
 
 
+PLUGGY_CI_TESTS = (
+    "export _PYTEST_SETUP_SKIP_PLUGGY_DEP=1 && export _PLUGGY_TOX_CMD='coverage run -m pytest'"
+    " && coverage run -m pytest"
+)
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize(
-    ("name", "install", "version"),
+    ("name", "install", "version", "ci_tests", "ci_install"),
     [
-        ("pluggy", f"{PIP} -e '.[testing]' ruff mypy", "1.5.0"),
-        ("iniconfig", f"{PIP} -e . pytest", "1.1.1"),
+        (
+            "pluggy",
+            f"{PIP} -e '.[testing]' ruff mypy",
+            "1.5.0",
+            PLUGGY_CI_TESTS,
+            f"{PIP} -e '.[testing]' coverage",
+        ),
+        ("iniconfig", f"{PIP} -e . pytest", "1.1.1", "pytest", f"{PIP} -e . pytest"),
     ],
     ids=["pluggy", "iniconfig"],
 )
-def test_real_project(tmp_path: Path, name: str, install: str, version: str) -> None:
+def test_real_project(
+    tmp_path: Path, name: str, install: str, version: str, ci_tests: str, ci_install: str
+) -> None:
+    """The detection alone (`--no-ci`), then what the project's CI (pluggy: its GitHub
+    workflow through tox.ini; iniconfig: tox.ini) makes of it."""
     root = realproject.checkout(name, tmp_path)
-    result = ok(init(str(root), "--json"))
+    result = ok(init(str(root), "--json", "--no-ci"))
     out = json.loads(result.stdout)
     assert out["written"] is True
     config = load_config(Path(out["path"]))
@@ -631,6 +647,12 @@ def test_real_project(tmp_path: Path, name: str, install: str, version: str) -> 
     # Both build their version with setuptools_scm; the sdist's PKG-INFO gives it.
     assert config.sidecar.env == {"SETUPTOOLS_SCM_PRETEND_VERSION": version}
     assert set(config.snapshot.inputs) == {"pyproject.toml", "setup.py", "setup.cfg"}
+
+    out = json.loads(ok(init(str(root), "--json", "--force")).stdout)
+    config = load_config(Path(out["path"]))
+    assert [(c.name, c.command) for c in config.checks] == [("tests", ci_tests)]
+    assert config.snapshot.setup == (VENV, ci_install)
+    assert config.sidecar.env == {"SETUPTOOLS_SCM_PRETEND_VERSION": version}
 
 
 # ---------------------------------------------------------------------------
