@@ -7,8 +7,10 @@ directories, committed and packed), measures a 1-file change reaching a real sid
 real host (`python -m microbuild --state-dir D serve` on a Unix socket, the snapshot built from
 the repository through the API as `microbuild snapshot build` does):
 
-* `tree_id` alone: the working tree as a git tree, through a temporary copy of the index;
-* ours, end to end: `tree_id` + `has_object` + `tree_diff` + `Client.sync` (the patch applied
+* `tree_id` alone: the working tree as a git tree, through a one-off copy of the index, and
+  through the index kept between calls (what validate uses);
+* ours, end to end: GET of the sidecar (the tree it holds, what changed in it) + `tree_id`
+  (kept index) + `has_object` + `tree_diff` + `Client.sync` (the patch applied
   inside the sidecar), what `microbuild validate` does when the sidecar holds the last tree;
 
 and, in the same run, the baselines: `rsync -a --delete` of the working tree to a scratch copy
@@ -66,14 +68,21 @@ HOST_START_TIMEOUT_S = 30.0
 HOST_STOP_TIMEOUT_S = 10.0
 GIT_IDENTITY = ["-c", "user.name=bench", "-c", "user.email=bench@example.com"]
 
-TREE_ID = "tree_id alone"
-OURS = "ours: tree_id+diff+sync"
+TREE_ID = "tree_id alone (one-off index copy)"
+TREE_ID_KEPT = "tree_id alone (kept index)"
+OURS = "ours: get+tree_id+diff+sync"
 RSYNC = "rsync -a --delete"
 COPYTREE = "shutil.copytree"
 CP = "cp -a"
-METHODS = (TREE_ID, OURS, RSYNC, COPYTREE, CP)
+METHODS = (TREE_ID, TREE_ID_KEPT, OURS, RSYNC, COPYTREE, CP)
 BASELINES = (RSYNC, COPYTREE, CP)
-STEPS = ("tree_id", "has_object", "tree_diff", "Client.sync (git apply in the sidecar)")
+STEPS = (
+    "GET sidecar (tree held, changes in it)",
+    "tree_id (kept index)",
+    "has_object",
+    "tree_diff",
+    "Client.sync (git apply in the sidecar)",
+)
 EXEC_TRUE = "ref: Client.exec true"
 
 
@@ -392,14 +401,19 @@ class Synced:
     sidecar: str
     work: Path
     held: str
+    index_dir: Path
     patch_bytes: list[int] = field(default_factory=list)
     steps: dict[str, list[float]] = field(default_factory=dict)
 
     def sync_once(self) -> None:
         """What validate's sync_tree does when the sidecar holds the last tree, each step's time
         kept apart too."""
+        start = time.perf_counter()
+        record = self.client.get_sidecar(self.sidecar)
+        if record["tree"] != self.held or record.get("changed"):
+            raise RuntimeError(f"the sidecar changed under the benchmark: {record}")
         t0 = time.perf_counter()
-        tree = sync.tree_id(self.work)
+        tree = sync.tree_id(self.work, self.index_dir)
         t1 = time.perf_counter()
         if not sync.has_object(self.work, self.held):
             raise RuntimeError(f"the held tree {self.held} is missing from the repository")
@@ -412,7 +426,8 @@ class Synced:
             raise RuntimeError(f"the sidecar holds {record['tree']} after syncing {tree}")
         self.held = tree
         self.patch_bytes.append(len(patch))
-        for step, seconds in zip(STEPS, (t1 - t0, t2 - t1, t3 - t2, t4 - t3), strict=True):
+        times = (t0 - start, t1 - t0, t2 - t1, t3 - t2, t4 - t3)
+        for step, seconds in zip(STEPS, times, strict=True):
             self.steps.setdefault(step, []).append(seconds)
 
 
@@ -441,7 +456,7 @@ def measure_size(
     _snap, sidecar = snapshot_and_sidecar(host, work)
     if sidecar["tree"] != sync.tree_id(work):
         raise RuntimeError(f"the new sidecar holds {sidecar['tree']}, not the committed tree")
-    synced = Synced(client, str(sidecar["id"]), work, str(sidecar["tree"]))
+    synced = Synced(client, str(sidecar["id"]), work, str(sidecar["tree"]), base / "indexes")
     scratch = base / "rsync"
     if report.rsync:
         scratch.mkdir()
@@ -462,6 +477,7 @@ def measure_size(
         sink = figures if keep else {m: Figure(size, m) for m in figures}
         target.write_text(content(i, f"EDIT = 'a{iteration}'\n"))
         sink[TREE_ID].samples.append(timed(lambda: sync.tree_id(work)))
+        sink[TREE_ID_KEPT].samples.append(timed(lambda: sync.tree_id(work, base / "kept")))
         # The same file again (so the sidecar is 1 file behind), then the whole sync.
         target.write_text(content(i, f"EDIT = 'b{iteration}'\n"))
         sink[OURS].samples.append(timed(synced.sync_once))
