@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import os
 import sys
 from pathlib import Path
@@ -10,33 +11,70 @@ from typing import Any
 import click
 
 from microbuild import __version__
-from microbuild.client import HostError
 from microbuild.errors import ConfigError, SetupFailed, SnapshotError
-from microbuild.runtime.base import RuntimeError_
-from microbuild.store import NotFound, StoreError
 
 EXIT_FAILED = 1
 EXIT_USAGE = 2
 EXIT_ENVIRONMENT = 3
 
 
+# Command name -> module under microbuild.cli (its command has the same name). Imported when
+# the command runs: an agent's `microbuild validate` should not pay for `serve`'s imports.
+COMMANDS = {
+    "init": "init",
+    "validate": "validate",
+    "runs": "runs",
+    "stats": "stats",
+    "hook": "hook",
+    "snapshot": "snapshot",
+    "sidecar": "sidecar",
+    "serve": "serve",
+    "host": "host",
+}
+
+
 class MicrobuildGroup(click.Group):
-    """Turns known errors into `error: ...` on stderr and a documented exit status."""
+    """Turns known errors into `error: ...` on stderr and a documented exit status, and loads
+    each command's module only when it is used."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted({*super().list_commands(ctx), *COMMANDS})
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        command = super().get_command(ctx, cmd_name)
+        if command is None and cmd_name in COMMANDS:
+            module = importlib.import_module(f"microbuild.cli.{COMMANDS[cmd_name]}")
+            command = getattr(module, cmd_name)
+            assert isinstance(command, click.Command)
+            self.add_command(command, cmd_name)
+        return command
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
-        except (ConfigError, NotFound) as exc:
-            _fail(str(exc), EXIT_USAGE)
-        except SetupFailed as exc:
-            _fail(exc.details(), EXIT_ENVIRONMENT)
-        except (SnapshotError, RuntimeError_, StoreError) as exc:
-            _fail(str(exc), EXIT_ENVIRONMENT)
-        except HostError as exc:
-            usage = exc.status in (400, 401, 403, 404, 413, 422)
-            _fail(str(exc), EXIT_USAGE if usage else EXIT_ENVIRONMENT)
         except KeyboardInterrupt:
             _fail("interrupted", 130)
+        except Exception as exc:
+            code = _exit_code_for(exc)
+            if code is None:
+                raise
+            _fail(exc.details() if isinstance(exc, SetupFailed) else str(exc), code)
+
+
+def _exit_code_for(exc: Exception) -> int | None:
+    """2 for usage and config errors, 3 for the environment, None for a bug (a traceback)."""
+    from microbuild.client import HostError
+    from microbuild.runtime.base import RuntimeError_
+    from microbuild.store import NotFound, StoreError
+
+    if isinstance(exc, ConfigError | NotFound):
+        return EXIT_USAGE
+    if isinstance(exc, SetupFailed | SnapshotError | RuntimeError_ | StoreError):
+        return EXIT_ENVIRONMENT
+    if isinstance(exc, HostError):
+        usage = exc.status in (400, 401, 403, 404, 413, 422)
+        return EXIT_USAGE if usage else EXIT_ENVIRONMENT
+    return None
 
 
 def _fail(message: str, code: int) -> None:
@@ -78,23 +116,6 @@ def cli(
         os.environ["MICROBUILD_STATE_DIR"] = str(state_dir)
     ctx.obj = AppContext(state_dir=state_dir, project_dir=project_dir, host=host)
     ctx.call_on_close(ctx.obj.close)
-
-
-def _register() -> None:
-    from microbuild.cli import hook, host, init, runs, serve, sidecar, snapshot, stats, validate
-
-    cli.add_command(snapshot.snapshot)
-    cli.add_command(sidecar.sidecar)
-    cli.add_command(serve.serve)
-    cli.add_command(host.host)
-    cli.add_command(init.init)
-    cli.add_command(validate.validate)
-    cli.add_command(runs.runs)
-    cli.add_command(stats.stats)
-    cli.add_command(hook.hook)
-
-
-_register()
 
 
 def main() -> None:
