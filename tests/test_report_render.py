@@ -540,3 +540,16 @@ def test_linter_verdict_counts_findings_not_files(tmp_path: Path) -> None:
     parsed = ParseResult(parser="ruff", failures=findings, total=None, failed=1)
     run = make_run(tmp_path, findings, parsed=parsed, name="lint")
     assert plain_report(run).startswith("FAILED lint (2 findings) in ")
+
+
+def test_reset_remedy_names_the_sidecar(tmp_path: Path) -> None:
+    run = make_run(
+        tmp_path,
+        [],
+        log="OSError: [Errno 28] No space left on device\n",
+        status="error",
+        exit_code=1,
+        reason="disk full: no space left on device",
+    )
+    report = plain_report(run)
+    assert f"`{RESET} {run.sidecar_id}`" in report, report

@@ -58,8 +58,9 @@ def error_message(report: str, attempt: int, cap: int) -> str:
     return (
         "The microbuild could not run its checks: an ENVIRONMENT failure (snapshot, sidecar or "
         "host), not a problem in your code. Do NOT rewrite code to fix it. Run the remedy the "
-        "report names (for example `microbuild snapshot rebuild` or `microbuild sidecar reset "
-        "ID`) and finish again, or tell the user if that does not help. "
+        "report names (for example `microbuild snapshot build --rebuild` or "
+        "`microbuild sidecar reset ID`) and finish again, or tell the user if that does not "
+        "help. "
         f"This stop was sent back {attempt} of {cap} times at most.\n\n" + report.rstrip("\n")
     )
 

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from microbuild.report.classify import classify_check, classify_failure, remedy
+from microbuild.report.classify import RESET, classify_check, classify_failure, remedy
 from microbuild.report.model import Failure, ParseResult
 from microbuild.report.tokens import count_tokens
 from microbuild.store import CheckResult, RunRecord
@@ -506,6 +506,10 @@ def plain_report(
     if not bad and run.status != "error":
         return first + "\n"
     sections = [_section(c) for c in bad]
+    for section in sections:  # a command to copy: with the sidecar's id
+        section.fixes = [
+            f.replace(f"`{RESET}`", f"`{RESET} {run.sidecar_id}`") for f in section.fixes
+        ]
     if len(sections) == 1:
         sections[0].show_head = False
     ending = _ending(run, bad)
