@@ -439,6 +439,31 @@ def test_real_pytest_failures_are_parsed_classified_and_counted(
 
 
 @pytest.mark.isolation
+def test_junit_instrumentation_keeps_the_users_pytest_addopts(
+    manager: SidecarManager, tmp_path: Path
+) -> None:
+    """[sidecar] env sets PYTEST_ADDOPTS (-rA: a line per passed test); the runner's --junitxml
+    is appended to it, not put in its place: both take effect."""
+    from conftest import write_project
+
+    root = write_project(
+        tmp_path / "calc",
+        f'[snapshot]\nsetup = ["{PYTEST_SETUP}"]\n\n[sidecar]\nmemory = "512MiB"\n'
+        'env = { PYTEST_ADDOPTS = "-rA" }\n',
+        {"calc.py": CALC, "tests/test_calc.py": TEST_CALC},
+    )
+    sidecar = manager.create_sidecar(find_project(root), runtime="namespace").id
+    record = run(manager, sidecar, [check("tests", "python -m pytest -p no:cacheprovider tests")])
+    log = Path(record.checks[0].log_path or "").read_text()
+    assert "PASSED tests/test_calc.py::test_add_ok" in log  # the user's -rA
+    assert "generated xml file: /tmp/" in log  # ours
+    assert {f["id"] for f in record.checks[0].failures} == {
+        "tests/test_calc.py::test_add_wrong",
+        "tests/test_calc.py::test_add_types",
+    }
+
+
+@pytest.mark.isolation
 def test_a_missing_third_party_module_is_an_environment_error(
     manager: SidecarManager, pytest_sidecar: str
 ) -> None:

@@ -240,10 +240,14 @@ def _plan(check: CheckConfig, sandbox: _Sandbox) -> _Plan:
         logger.warning("check %s: no parser: %s", check.name, exc)
         return plain
     command = inst.command
+    # The instrumentation's variables are option lists (PYTEST_ADDOPTS): appended to a value
+    # the sidecar's [sidecar] env may give, never replacing it.
+    for name, value in inst.env.items():
+        command = f'export {name}="${{{name}:+${name} }}"{shlex.quote(value)}; {command}'
     if inst.artifact:
         where = shlex.quote(sandbox.artifact_dir)
         command = f"rm -rf {where} 2>/dev/null; mkdir -p {where} 2>/dev/null; {command}"
-    return _Plan(["/bin/sh", "-c", command], dict(inst.env), parser, inst.artifact)
+    return _Plan(["/bin/sh", "-c", command], {}, parser, inst.artifact)
 
 
 def _log_for_parsing(path: Path) -> str:
