@@ -73,6 +73,29 @@ class AgentAdapter:
         raise NotImplementedError
 
 
+class DecisionAdapter(AgentAdapter):
+    """The agents that share Claude Code's event and answer shape (`session_id`, `cwd`,
+    `stop_hook_active`; `{"decision": ..., "reason": ...}` to keep the agent working): they
+    differ in the decision's word and in what a silent allow prints."""
+
+    block_decision: ClassVar[str] = "block"
+    silent_allow: ClassVar[str] = ""
+
+    def parse(self, data: dict[str, Any]) -> StopEvent:
+        return StopEvent(
+            agent=self.name,
+            session=text_field(data, "session_id") or "default",
+            cwd=cwd_field(data.get("cwd"), "cwd"),
+            loop_guard_active=data.get("stop_hook_active") is True,
+            event_name=text_field(data, "hook_event_name"),
+        )
+
+    def render(self, answer: Answer) -> str:
+        if answer.kind == "block":
+            return dumps({"decision": self.block_decision, "reason": answer.message})
+        return dumps({"systemMessage": answer.message}) if answer.message else self.silent_allow
+
+
 def text_field(data: dict[str, Any], key: str, *, required: bool = False) -> str:
     value = data.get(key)
     if isinstance(value, str) and value:

@@ -6,25 +6,9 @@ all — anything on stderr, even with exit 0, is shown to the user as a "Stop ho
 
 from __future__ import annotations
 
-from typing import Any
-
-from microbuild.hooks.base import AgentAdapter, Answer, StopEvent, cwd_field, dumps, text_field
+from microbuild.hooks.base import DecisionAdapter
 
 
-class Claude(AgentAdapter):
+class Claude(DecisionAdapter):
     name = "claude"
     settings_path = ".claude/settings.json"
-
-    def parse(self, data: dict[str, Any]) -> StopEvent:
-        return StopEvent(
-            agent=self.name,
-            session=text_field(data, "session_id") or "default",
-            cwd=cwd_field(data.get("cwd"), "cwd"),
-            loop_guard_active=data.get("stop_hook_active") is True,
-            event_name=text_field(data, "hook_event_name"),
-        )
-
-    def render(self, answer: Answer) -> str:
-        if answer.kind == "block":
-            return dumps({"decision": "block", "reason": answer.message})
-        return dumps({"systemMessage": answer.message}) if answer.message else ""
