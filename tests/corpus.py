@@ -20,7 +20,6 @@ import re
 import shutil
 import signal
 import subprocess
-import sys
 import tarfile
 import time
 from collections.abc import Callable
@@ -484,16 +483,8 @@ def microbuild(
     state: Path, cwd: Path, *args: str, timeout: float = CALL_TIMEOUT_S
 ) -> subprocess.CompletedProcess[str]:
     """The CLI as a user runs it, against the host of `state` (started on demand)."""
-    env = {k: v for k, v in os.environ.items() if k != "MICROBUILD_STATE_DIR"}
-    env["MICROBUILD_HOST_IDLE_EXIT"] = HOST_IDLE_EXIT_S
-    return subprocess.run(
-        [sys.executable, "-m", "microbuild", "--state-dir", str(state), *args],
-        cwd=cwd,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        check=False,
+    return realproject.run_microbuild(
+        state, cwd, *args, timeout=timeout, host_idle_exit=HOST_IDLE_EXIT_S
     )
 
 

@@ -274,3 +274,26 @@ def real_project(name: str, dest: Path) -> Path:
     check_index_reachable(spec)
     write_config(project, name)
     return project
+
+
+def run_microbuild(
+    state: Path,
+    cwd: Path,
+    *args: str,
+    timeout: float,
+    host_idle_exit: str | None = None,
+) -> subprocess.CompletedProcess[str]:
+    """The CLI as a user runs it: a separate process in `cwd`, against the host of `state`
+    (started on demand; `host_idle_exit` seconds of idleness end it)."""
+    env = {k: v for k, v in os.environ.items() if k != "MICROBUILD_STATE_DIR"}
+    if host_idle_exit is not None:
+        env["MICROBUILD_HOST_IDLE_EXIT"] = host_idle_exit
+    return subprocess.run(
+        [sys.executable, "-m", "microbuild", "--state-dir", str(state), *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )

@@ -12,7 +12,6 @@ import json
 import os
 import re
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -35,16 +34,7 @@ def microbuild(
     state: Path, project: Path, *args: str, timeout: float = CALL_TIMEOUT_S
 ) -> subprocess.CompletedProcess[str]:
     """The CLI as a user runs it: a separate process, in the project directory."""
-    env = {k: v for k, v in os.environ.items() if k != "MICROBUILD_STATE_DIR"}
-    return subprocess.run(
-        [sys.executable, "-m", "microbuild", "--state-dir", str(state), *args],
-        cwd=project,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        check=False,
-    )
+    return realproject.run_microbuild(state, project, *args, timeout=timeout)
 
 
 def ok(proc: subprocess.CompletedProcess[str], code: int = 0) -> subprocess.CompletedProcess[str]:

@@ -19,11 +19,9 @@ Deviations from "init as generated", both the projects' state rather than microb
 from __future__ import annotations
 
 import json
-import os
 import re
 import shutil
 import subprocess
-import sys
 import tempfile
 import time
 import tomllib
@@ -56,16 +54,8 @@ PY_PIN = "py==1.11.0"
 def microbuild(
     state: Path, cwd: Path, *args: str, timeout: float = CALL_TIMEOUT_S
 ) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if k != "MICROBUILD_STATE_DIR"}
-    env["MICROBUILD_HOST_IDLE_EXIT"] = HOST_IDLE_EXIT_S
-    return subprocess.run(
-        [sys.executable, "-m", "microbuild", "--state-dir", str(state), *args],
-        cwd=cwd,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        check=False,
+    return realproject.run_microbuild(
+        state, cwd, *args, timeout=timeout, host_idle_exit=HOST_IDLE_EXIT_S
     )
 
 
