@@ -1,13 +1,18 @@
-"""Pieces every benchmark needs: percentiles, signal handling around cleanup, mount counting."""
+"""Pieces every benchmark needs: percentiles, signal handling around cleanup, mount counting,
+and how a run ends (exit status, JSON or table)."""
 
 from __future__ import annotations
 
 import contextlib
+import json
 import signal
 import statistics
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import FrameType
+from typing import Any, Protocol, TypeVar
+
+from rich.console import Console
 
 
 def p95(values: list[float]) -> float:
@@ -35,3 +40,31 @@ def signals_ignored() -> Iterator[None]:
 def mounts_under(path: Path) -> int:
     with open("/proc/self/mountinfo") as f:
         return sum(1 for line in f if str(path) in line)
+
+
+class Figures(Protocol):
+    errors: list[str]
+
+    def to_json(self) -> dict[str, Any]: ...
+
+
+F = TypeVar("F", bound=Figures)
+
+
+def finish(
+    report: F,
+    render: Callable[[F, Console], None],
+    out: Console,
+    *,
+    as_json: bool,
+    interrupted: bool,
+) -> int:
+    """The end of every benchmark: 130 when interrupted; else the figures as JSON or as the
+    benchmark's tables, and 1 when something went wrong on the way."""
+    if interrupted:
+        return 130
+    if as_json:
+        print(json.dumps(report.to_json(), indent=2))
+    else:
+        render(report, out)
+    return 1 if report.errors else 0

@@ -42,6 +42,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import _common
 from _common import mounts_under, p95, raise_interrupt, signals_ignored
 from rich.console import Console
 from rich.table import Table
@@ -505,13 +506,7 @@ def main(argv: list[str] | None = None) -> int:
         f"after cleanup: hosts exited={all(h.proc.poll() is not None for h in hosts)}, "
         f"temp dir removed={not root.exists()}"
     )
-    if interrupted:
-        return 130
-    if args.json:
-        print(json.dumps(report.to_json(), indent=2))
-    else:
-        render(report, out)
-    return 1 if report.errors else 0
+    return _common.finish(report, render, out, as_json=args.json, interrupted=interrupted)
 
 
 if __name__ == "__main__":

@@ -779,13 +779,7 @@ def main(argv: list[str] | None = None) -> int:
         with signals_ignored():
             cleanup(root, report, setup.host_pid if setup and setup.host_pid else None)
     report.notes.append(f"after cleanup: temp dir removed={not root.exists()}")
-    if interrupted:
-        return 130
-    if args.json:
-        print(json.dumps(report.to_json(), indent=2))
-    else:
-        render(report, out)
-    return 1 if report.errors else 0
+    return _common.finish(report, render, out, as_json=args.json, interrupted=interrupted)
 
 
 if __name__ == "__main__":

@@ -38,6 +38,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
+import _common
 from _common import raise_interrupt, signals_ignored
 from rich.console import Console
 from rich.table import Table
@@ -279,13 +280,7 @@ def main(argv: list[str] | None = None) -> int:
             if base.exists():
                 report.errors.append(f"could not remove {base}")
     report.wall_s = time.monotonic() - started
-    if interrupted:
-        return 130
-    if args.json:
-        print(json.dumps(report.to_json(), indent=2))
-    else:
-        render(report, out)
-    return 1 if report.errors else 0
+    return _common.finish(report, render, out, as_json=args.json, interrupted=interrupted)
 
 
 if __name__ == "__main__":

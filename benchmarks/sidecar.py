@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import os
 import platform
 import secrets
@@ -36,6 +35,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import _common
 from _common import mounts_under, p95, raise_interrupt, signals_ignored
 from rich.console import Console
 from rich.table import Table
@@ -696,13 +696,7 @@ def main(argv: list[str] | None = None) -> int:
         )
     report.notes.append(after)
     report.machine |= machine_info(cgroup_version)
-    if interrupted:
-        return 130
-    if args.json:
-        print(json.dumps(report.to_json(), indent=2))
-    else:
-        render(report, out)
-    return 1 if report.errors else 0
+    return _common.finish(report, render, out, as_json=args.json, interrupted=interrupted)
 
 
 if __name__ == "__main__":
