@@ -17,10 +17,8 @@ import contextlib
 import json
 import os
 import re
-import shutil
 import signal
 import subprocess
-import tarfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -202,19 +200,7 @@ PROJECTS: dict[str, CorpusProject] = {
 def checkout(project: CorpusProject, dest: Path) -> Path:
     """The pinned sdist unpacked into `dest`/<name>-<version> and committed to a fresh git
     repository (realproject's download cache and git settings; any pin, not only its own)."""
-    spec = project.spec
-    sdist = realproject.fetch_sdist(spec)
-    dest.mkdir(parents=True, exist_ok=True)
-    root = dest / f"{spec.name}-{spec.version}"
-    shutil.rmtree(root, ignore_errors=True)
-    with tarfile.open(sdist) as tar:
-        tar.extractall(dest, filter="data")
-    if not root.is_dir():
-        raise AssertionError(f"{sdist} did not unpack to {root}")
-    for cache in root.rglob(".pytest_cache"):
-        shutil.rmtree(cache, ignore_errors=True)
-    realproject.init_repo(root, f"{spec.name} {spec.version} from its sdist")
-    return root
+    return realproject.checkout_spec(project.spec, dest)
 
 
 def _toml(value: str) -> str:

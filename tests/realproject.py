@@ -218,7 +218,11 @@ def init_repo(path: Path, message: str = "import") -> None:
 
 def checkout(name: str, dest: Path) -> Path:
     """Unpack the pinned sdist of `name` into `dest`/<name>-<version>, committed; return it."""
-    spec = spec_of(name)
+    return checkout_spec(spec_of(name), dest)
+
+
+def checkout_spec(spec: RealProject, dest: Path) -> Path:
+    """`checkout` for any pinned sdist, including ones not registered here."""
     sdist = fetch_sdist(spec)
     dest.mkdir(parents=True, exist_ok=True)
     root = dest / f"{spec.name}-{spec.version}"
