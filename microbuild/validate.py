@@ -110,14 +110,15 @@ def sync_tree(
     a fresh layer; if the objects for that are missing too, the whole tree as an archive."""
     from microbuild import sync
 
-    held = sidecar.get("tree")
-    diverged = _diverged(root, sidecar)
+    held = str(sidecar.get("tree") or "")
+    have_held = bool(held) and sync.has_object(root, held)
+    diverged = _diverged(root, sidecar, have_held)
     if diverged:
         shown = ", ".join(diverged[:3]) + (" …" if len(diverged) > 3 else "")
         progress.step(f"commands in the sidecar changed tracked files ({shown}); resyncing")
     elif held == tree:
         return sidecar
-    if held and not diverged and sync.has_object(root, held):
+    if have_held and not diverged:
         patch = sync.tree_diff(root, held, tree)
         try:
             progress.step(f"syncing {len(patch)} bytes of changes")
@@ -141,18 +142,19 @@ def sync_tree(
     return client.sync(sidecar["id"], to_tree=tree, payload=archive, kind="tar", reset=True)
 
 
-def _diverged(root: Path, sidecar: dict[str, Any]) -> list[str]:
+def _diverged(root: Path, sidecar: dict[str, Any], have_held: bool) -> list[str]:
     """The files of the tree the sidecar holds that commands in it changed since the sync
-    (a check that rewrites a source file): then it no longer holds that tree."""
+    (a check that rewrites a source file): then it no longer holds that tree. `have_held`:
+    whether this repository has that tree's objects to compare with."""
     from microbuild import sync
 
     held = sidecar.get("tree")
     changed = sidecar.get("changed")
     if not held or not changed:
         return []
-    if not sync.has_object(root, held):
+    if not have_held:
         return ["."] if "." in changed else []
-    return sync.tracked_among(root, held, list(changed))
+    return sync.tracked_among(root, str(held), list(changed))
 
 
 @dataclass
