@@ -10,8 +10,7 @@ from __future__ import annotations
 
 import tempfile
 import time
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -165,7 +164,6 @@ class Validation:
     snapshot: str
     run: dict[str, Any]
     duration_s: float
-    extra: dict[str, Any] = field(default_factory=dict)
 
     @property
     def status(self) -> str:
@@ -205,7 +203,6 @@ def validate_project(
     fail_fast: bool = True,
     progress: Progress | None = None,
     tree: str | None = None,
-    on_event: Callable[[dict[str, Any]], None] | None = None,
     index_dir: Path | None = None,
 ) -> Validation:
     """Validate the project's working tree (or `tree`, already computed by the caller).
@@ -244,8 +241,6 @@ def validate_project(
             fail_fast=fail_fast,
             report_tokens=budget,
         ):
-            if on_event is not None:
-                on_event(event)
             kind = event.get("event")
             if kind == "check_started":
                 progress.step(f"{event['check']} …")
