@@ -7,11 +7,14 @@ directories, committed and packed), measures a 1-file change reaching a real sid
 real host (`python -m microbuild --state-dir D serve` on a Unix socket, the snapshot built from
 the repository through the API as `microbuild snapshot build` does):
 
-* `tree_id` alone: the working tree as a git tree, through a one-off copy of the index, and
-  through the index kept between calls (what validate uses);
+* `tree_id` alone: the working tree as a git tree, through a one-off copy of the index,
+  through the index kept between calls (what validate does in a fresh process), and through
+  the kept index with an inotify watcher of the tree (microbuild.watch, registered in this
+  process as the command server keeps one per project: only the changed paths restaged);
 * ours, end to end: GET of the sidecar (the tree it holds, what changed in it) + `tree_id`
-  (kept index) + `has_object` + `tree_diff` + `Client.sync` (the patch applied
-  inside the sidecar), what `microbuild validate` does when the sidecar holds the last tree;
+  (kept index, with the watcher) + `has_object` + `tree_diff` + `Client.sync` (the patch
+  applied inside the sidecar), what `microbuild validate` does through the command server
+  when the sidecar holds the last tree; and the same without the watcher;
 
 and, in the same run, the baselines: `rsync -a --delete` of the working tree to a scratch copy
 kept in sync (skipped, with a note, if rsync is missing), and a full copy of the working tree
@@ -55,7 +58,7 @@ from _common import mounts_under, p95, raise_interrupt, signals_ignored
 from rich.console import Console
 from rich.table import Table
 
-from microbuild import sync
+from microbuild import sync, watch
 from microbuild.client import Client, HostError
 from microbuild.config import find_project
 from microbuild.host.manager import SidecarManager
@@ -70,15 +73,17 @@ GIT_IDENTITY = ["-c", "user.name=bench", "-c", "user.email=bench@example.com"]
 
 TREE_ID = "tree_id alone (one-off index copy)"
 TREE_ID_KEPT = "tree_id alone (kept index)"
-OURS = "ours: get+tree_id+diff+sync"
+TREE_ID_WATCHED = "tree_id alone (kept index + watcher)"
+OURS_SCAN = "ours, no watcher: get+tree_id+diff+sync"
+OURS = "ours: get+tree_id (watcher)+diff+sync"
 RSYNC = "rsync -a --delete"
 COPYTREE = "shutil.copytree"
 CP = "cp -a"
-METHODS = (TREE_ID, TREE_ID_KEPT, OURS, RSYNC, COPYTREE, CP)
+METHODS = (TREE_ID, TREE_ID_KEPT, TREE_ID_WATCHED, OURS_SCAN, OURS, RSYNC, COPYTREE, CP)
 BASELINES = (RSYNC, COPYTREE, CP)
 STEPS = (
     "GET sidecar (tree held, changes in it)",
-    "tree_id (kept index)",
+    "tree_id (kept index, watcher)",
     "has_object",
     "tree_diff",
     "Client.sync (git apply in the sidecar)",
@@ -402,18 +407,20 @@ class Synced:
     work: Path
     held: str
     index_dir: Path
+    scan_dir: Path
     patch_bytes: list[int] = field(default_factory=list)
     steps: dict[str, list[float]] = field(default_factory=dict)
 
-    def sync_once(self) -> None:
+    def sync_once(self, watched: bool = True) -> None:
         """What validate's sync_tree does when the sidecar holds the last tree, each step's time
-        kept apart too."""
+        kept apart too (those of the watched runs only)."""
         start = time.perf_counter()
         record = self.client.get_sidecar(self.sidecar)
         if record["tree"] != self.held or record.get("changed"):
             raise RuntimeError(f"the sidecar changed under the benchmark: {record}")
         t0 = time.perf_counter()
-        tree = sync.tree_id(self.work, self.index_dir)
+        kept = self.index_dir if watched else self.scan_dir
+        tree = sync.tree_id(self.work, kept, watched=watched)
         t1 = time.perf_counter()
         if not sync.has_object(self.work, self.held):
             raise RuntimeError(f"the held tree {self.held} is missing from the repository")
@@ -425,6 +432,8 @@ class Synced:
         if record["tree"] != tree:
             raise RuntimeError(f"the sidecar holds {record['tree']} after syncing {tree}")
         self.held = tree
+        if not watched:
+            return
         self.patch_bytes.append(len(patch))
         times = (t0 - start, t1 - t0, t2 - t1, t3 - t2, t4 - t3)
         for step, seconds in zip(STEPS, times, strict=True):
@@ -456,7 +465,11 @@ def measure_size(
     _snap, sidecar = snapshot_and_sidecar(host, work)
     if sidecar["tree"] != sync.tree_id(work):
         raise RuntimeError(f"the new sidecar holds {sidecar['tree']}, not the committed tree")
-    synced = Synced(client, str(sidecar["id"]), work, str(sidecar["tree"]), base / "indexes")
+    synced = Synced(
+        client, str(sidecar["id"]), work, str(sidecar["tree"]), base / "indexes", base / "scan"
+    )
+    # What the command server keeps for a project: inotify watches on its directories.
+    watch.register(watch.start(work))
     scratch = base / "rsync"
     if report.rsync:
         scratch.mkdir()
@@ -477,9 +490,15 @@ def measure_size(
         sink = figures if keep else {m: Figure(size, m) for m in figures}
         target.write_text(content(i, f"EDIT = 'a{iteration}'\n"))
         sink[TREE_ID].samples.append(timed(lambda: sync.tree_id(work)))
-        sink[TREE_ID_KEPT].samples.append(timed(lambda: sync.tree_id(work, base / "kept")))
-        # The same file again (so the sidecar is 1 file behind), then the whole sync.
+        sink[TREE_ID_KEPT].samples.append(
+            timed(lambda: sync.tree_id(work, base / "kept", watched=False))
+        )
+        sink[TREE_ID_WATCHED].samples.append(timed(lambda: sync.tree_id(work, base / "watched")))
+        # The same file again (so the sidecar is 1 file behind), then the whole sync, without
+        # and with the watcher.
         target.write_text(content(i, f"EDIT = 'b{iteration}'\n"))
+        sink[OURS_SCAN].samples.append(timed(lambda: synced.sync_once(watched=False)))
+        target.write_text(content(i, f"EDIT = 'c{iteration}'\n"))
         sink[OURS].samples.append(timed(synced.sync_once))
         if report.rsync:
             sink[RSYNC].samples.append(timed(rsync_to(work, scratch)))
@@ -504,6 +523,7 @@ def measure_size(
         console.print(f"[dim]{size} files: profiling tree_id[/dim]")
         report.profile = profile_tree_id(work, files, max(5, n // 2))
         report.profile_size = size
+    watch.unregister(work)
     client.sidecar_action(synced.sidecar, "destroy")
     host.sidecars.remove(synced.sidecar)
     shutil.rmtree(base, ignore_errors=True)

@@ -1,3 +1,3 @@
-from microbuild.cli.main import main
+from microbuild.cli.launcher import main
 
 main()

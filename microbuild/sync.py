@@ -16,10 +16,14 @@ import subprocess
 import tarfile
 import tempfile
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from microbuild.config import Project
 from microbuild.errors import SnapshotError
 from microbuild.snapshot import SnapshotRequest
+
+if TYPE_CHECKING:
+    from microbuild.watch import TreeWatcher
 
 
 def _git(root: Path, *args: str, env: dict[str, str] | None = None) -> str:
@@ -74,21 +78,33 @@ def input_files(project: Project) -> list[Path]:
     return sorted(found)
 
 
-def describe_snapshot(project: Project) -> SnapshotRequest:
+def describe_snapshot(project: Project, cache_dir: Path | None = None) -> SnapshotRequest:
     """What the host needs to find or build this project's snapshot, without any file content
-    but the input files' digests."""
+    but the input files' digests. With `cache_dir`, the source tree (the base commit with the
+    input files as they are) is kept there, so an unchanged one costs no git call."""
     commit = head_commit(project.root)
     inputs = input_files(project)
     digests = tuple(
         (rel.as_posix(), hashlib.sha256((project.root / rel).read_bytes()).hexdigest())
         for rel in inputs
     )
-    with tempfile.TemporaryDirectory() as tmp:
-        env = {"GIT_INDEX_FILE": str(Path(tmp) / "index")}
-        _git(project.root, "read-tree", commit, env=env)
-        if inputs:
-            _git(project.root, "update-index", "--add", "--", *map(str, inputs), env=env)
-        tree = _write_tree(project.root, env)
+    modes = tuple((project.root / rel).stat().st_mode & 0o111 for rel in inputs)
+    key = hashlib.sha256(repr((str(project.root), commit, digests, modes)).encode()).hexdigest()
+    where = hashlib.sha256(os.fsencode(project.root)).hexdigest()[:24]
+    kept = cache_dir / f"source-tree-{where}" if cache_dir is not None else None
+    tree = ""
+    if kept is not None:
+        with contextlib.suppress(OSError, UnicodeDecodeError, ValueError):
+            kept_key, kept_tree = kept.read_text().split()
+            tree = kept_tree if kept_key == key else ""
+    if not tree:
+        tree = _source_tree(project.root, commit, inputs)
+        if kept is not None:
+            with contextlib.suppress(OSError):
+                kept.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+                temp = kept.with_name(f".source-tree.{os.getpid()}")
+                temp.write_text(f"{key} {tree}\n")
+                temp.replace(kept)
     return SnapshotRequest(
         project=str(project.root),
         setup=tuple(project.config.snapshot.setup),
@@ -98,6 +114,15 @@ def describe_snapshot(project: Project) -> SnapshotRequest:
         base_commit=commit,
         source_tree=tree,
     )
+
+
+def _source_tree(root: Path, commit: str, inputs: list[Path]) -> str:
+    with tempfile.TemporaryDirectory() as tmp:
+        env = {"GIT_INDEX_FILE": str(Path(tmp) / "index")}
+        _git(root, "read-tree", commit, env=env)
+        if inputs:
+            _git(root, "update-index", "--add", "--", *map(str, inputs), env=env)
+        return _write_tree(root, env)
 
 
 def export_source(project: Project, request: SnapshotRequest, dest: Path) -> None:
@@ -148,23 +173,26 @@ def _index_signature(index: Path) -> str:
     return f"{info.st_mtime_ns} {info.st_size} {info.st_ino}"
 
 
-def tree_id(root: Path, index_dir: Path | None = None) -> str:
+def tree_id(root: Path, index_dir: Path | None = None, *, watched: bool = True) -> str:
     """The working tree (tracked and untracked-but-not-ignored files) as a git tree id.
 
     Staged with an index of microbuild's own, never the user's: a copy of the user's index
     (its stat cache means only changed files are hashed), so the user's index, files and refs
     are never touched. With `index_dir`, that copy is kept there between calls, with git's
     untracked cache and cache tree, and made again only when the user's index changes: on a
-    large repository this halves the time (see benchmarks/sync.py). A file that became
-    ignored after the kept index first saw it stays in it until the user's index changes:
-    the tree then has a file the working tree has too, and a cached result may be missed.
+    large repository this halves the time (see benchmarks/sync.py). With a watcher of `root`
+    in this process (microbuild.watch; the command server keeps one per project) and
+    `watched`, only the paths it saw change are restaged. A file that became ignored after
+    the kept index first saw it stays in it until the user's index or an ignore file changes
+    (without a watcher: only the user's index): the tree then has a file the working tree has
+    too, and a cached result may be missed.
     """
     gitdir, prefix = _repository(root)
     index = gitdir / "index"
     if index_dir is not None:
         # Busy (another validate of this repository) or broken: the one-off copy will do.
         with contextlib.suppress(BlockingIOError, SnapshotError, OSError):
-            return _tree_with_kept_index(root, index, prefix, index_dir)
+            return _tree_with_kept_index(root, index, prefix, index_dir, watched)
     with tempfile.TemporaryDirectory(prefix="microbuild-index-") as tmp:
         temp_index = Path(tmp) / "index"
         if index.exists():
@@ -176,30 +204,108 @@ def tree_id(root: Path, index_dir: Path | None = None) -> str:
         return _write_tree(root, env, prefix)
 
 
-def _tree_with_kept_index(root: Path, index: Path, prefix: str, index_dir: Path) -> str:
-    """tree_id with a kept index; BlockingIOError when another call is using it."""
+def _tree_with_kept_index(
+    root: Path, index: Path, prefix: str, index_dir: Path, watched: bool = True
+) -> str:
+    """tree_id with a kept index; BlockingIOError when another call is using it.
+
+    With a live watcher of `root` (see microbuild.watch) and the moment of the last tree kept
+    beside the index, only the paths changed since then are restaged: no lstat of every file,
+    no scan for untracked ones. Without one, or when it cannot say what changed, all of them."""
+    from microbuild import watch
+
     gitdir = index.parent
     where = index_dir / hashlib.sha256(os.fsencode(gitdir)).hexdigest()[:24]
     where.mkdir(parents=True, exist_ok=True, mode=0o700)
-    kept, base = where / "index", where / "base"
+    kept, base, moment = where / "index", where / "base", where / "watch"
     with open(where / "lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
         signature = f"{gitdir}\n{_index_signature(index)}"
         fresh = not kept.exists() or not base.exists() or base.read_text() != signature
+        watcher = watch.find(root) if watched else None
+        if watcher is None:
+            if watched:
+                watch.request(root)
+        elif watcher.stale:
+            # An ignore file changed: start again from the user's index, so that files that
+            # became ignored leave the tree, and watch again with the new rules.
+            fresh, watcher = True, None
+            watch.restart(root)
         if fresh:
             kept.unlink(missing_ok=True)
             if index.exists():
                 shutil.copy2(index, kept)
         env = {"GIT_INDEX_FILE": str(kept), "GIT_OPTIONAL_LOCKS": "0"}
+        # Taken before any file is read: what changes from here on is restaged next time.
+        token = watcher.token() if watcher is not None else None
         try:
-            _git(root, "-c", "core.untrackedCache=true", "add", "--all", "--", ".", env=env)
-            tree = _write_tree(root, env, prefix)
+            tree = None
+            if watcher is not None and not fresh:
+                tree = _restage_changed(root, env, prefix, watcher, moment)
+            if tree is None:
+                _git(root, "-c", "core.untrackedCache=true", "add", "--all", "--", ".", env=env)
+                tree = _write_tree(root, env, prefix)
         except BaseException:
             kept.unlink(missing_ok=True)
+            moment.unlink(missing_ok=True)
             raise
         if fresh:
             base.write_text(signature)
+        if token is not None:
+            moment.write_text(f"{token}\n{prefix}\n{tree}\n")
         return tree
+
+
+def _restage_changed(
+    root: Path, env: dict[str, str], prefix: str, watcher: TreeWatcher, moment: Path
+) -> str | None:
+    """The tree after restaging only what `watcher` saw change since the kept moment; None
+    when that is unknown (then everything is restaged)."""
+    try:
+        token, saved_prefix, saved_tree = moment.read_text().split("\n")[:3]
+    except (OSError, ValueError):
+        return None
+    if saved_prefix != prefix or not saved_tree:
+        return None
+    changed = watcher.changes_since(token)
+    if changed is None:
+        return None
+    if not changed:
+        return saved_tree
+    present = [p for p in changed if os.path.lexists(root / p)]
+    gone = [p for p in changed if p not in set(present)]
+    quiet = {**env, "LC_ALL": "C"}
+    try:
+        if present:
+            _git_paths(root, ["add", "--all"], present, quiet, ignored_ok=True)
+        if gone:
+            _git_paths(root, ["rm", "-r", "-f", "-q", "--cached", "--ignore-unmatch"], gone, quiet)
+        return _write_tree(root, env, prefix)
+    except SnapshotError:
+        return None
+
+
+def _git_paths(
+    root: Path, args: list[str], paths: list[str], env: dict[str, str], ignored_ok: bool = False
+) -> None:
+    """`git ARGS` on literal paths given on stdin. An explicitly named ignored path is skipped,
+    as `add --all` of the whole tree would, when `ignored_ok`."""
+    proc = subprocess.run(
+        [
+            *("git", "--literal-pathspecs", "-C", str(root), "-c", "advice.addIgnoredFile=false"),
+            *("-c", "core.untrackedCache=true", *args),
+            *("--pathspec-from-file=-", "--pathspec-file-nul"),
+        ],
+        input=b"\0".join(os.fsencode(p) for p in paths) + b"\0",
+        capture_output=True,
+        env={**os.environ, **env},
+        check=False,
+    )
+    err = proc.stderr.decode(errors="replace")
+    if proc.returncode == 1 and ignored_ok and err.startswith("The following paths are ignored"):
+        return
+    if proc.returncode != 0:
+        raise SnapshotError(_git_failure(root, args[0], err))
 
 
 def has_object(root: Path, oid: str) -> bool:

@@ -51,11 +51,13 @@ def ensure_snapshot(
     *,
     rebuild: bool = False,
     runtime: str | None = None,
+    cache_dir: Path | None = None,
 ) -> dict[str, Any]:
-    """The project's snapshot on the host: found by its key, or built from an uploaded source."""
+    """The project's snapshot on the host: found by its key, or built from an uploaded source.
+    `cache_dir` keeps the source tree's id between calls (see sync.describe_snapshot)."""
     from microbuild import sync
 
-    request = sync.describe_snapshot(project)
+    request = sync.describe_snapshot(project, cache_dir)
     snap, needed = client.resolve_snapshot(
         request.model_dump(mode="json"), rebuild=rebuild, runtime=runtime
     )
@@ -218,11 +220,11 @@ def validate_project(
         raise ConfigError(
             f"{project.config_path.name}: no [[check]] to run; add one or run `microbuild init`"
         )
-    snap = ensure_snapshot(client, project, progress)
     if index_dir is None:
         from microbuild.store import default_state_dir
 
         index_dir = default_state_dir() / "indexes"
+    snap = ensure_snapshot(client, project, progress, cache_dir=index_dir)
     tree = tree or sync.tree_id(project.root, index_dir)
     chash = config_hash(project.config)
     budget = project.config.report_tokens

@@ -37,6 +37,7 @@ if [ ! -x .venv/bin/python ]; then
 fi
 stamp=".venv/.microbuild-installed${extras}"
 if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
-    .venv/bin/python -m pip install -q --disable-pip-version-check -e ".${extras}"
+    .venv/bin/python -m pip install -q --disable-pip-version-check \
+        --config-settings editable_mode=compat -e ".${extras}"
     touch "$stamp"
 fi

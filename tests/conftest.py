@@ -16,6 +16,8 @@ from microbuild.runtime import Limits, SidecarHandle, SidecarSpec
 REQUIRE_ISOLATION = os.environ.get("MICROBUILD_REQUIRE_ISOLATION") == "1"
 # Hosts the CLI starts for itself during tests quit soon after their last request.
 os.environ.setdefault("MICROBUILD_HOST_IDLE_EXIT", "3")
+# The CLI runs in the test's own processes; tests/test_cmdserver.py turns the command server on.
+os.environ.setdefault("MICROBUILD_COMMAND_SERVER", "0")
 
 
 def isolation_unavailable() -> str | None:

@@ -1,0 +1,162 @@
+"""The `microbuild` executable: hands `validate` and `hook` to the warm command server when one
+runs for this state dir, else runs the command in this process (and starts a server for next
+time).
+
+An agent calls these after every stop; importing click, pydantic and the rest costs more than
+the work itself. So, like Mercurial's chg, this module imports only the standard library's
+socket layer, passes its argv, cwd, environment and stdin/stdout/stderr descriptors to the
+server (SCM_RIGHTS), forwards signals to the worker the server forks for it, and exits with
+that worker's status. MICROBUILD_COMMAND_SERVER=0 turns it off.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import sys
+
+FORWARDED = frozenset({"validate", "hook"})
+# Options of the `microbuild` group that take a value (see microbuild.cli.main).
+VALUE_OPTIONS = frozenset({"--state-dir", "-C", "--project", "--host"})
+SOCKET_NAME = "cli.sock"
+EXIT_ENVIRONMENT = 3
+
+
+def main() -> None:
+    argv = sys.argv[1:]
+    state = forwardable(argv, os.environ)
+    if state is not None:
+        code = forward(state, argv)
+        if code is not None:
+            sys.exit(code)
+    from microbuild.cli.main import main as run
+
+    run()
+
+
+def forwardable(argv: list[str], env: os._Environ[str] | dict[str, str]) -> str | None:
+    """The state dir whose server should run this command, or None: run it here."""
+    if env.get("MICROBUILD_COMMAND_SERVER", "1") == "0" or sys.platform != "linux":
+        return None
+    state = env.get("MICROBUILD_STATE_DIR") or None
+    i = 0
+    while i < len(argv):
+        arg = argv[i]
+        name, eq, value = arg.partition("=")
+        if name in VALUE_OPTIONS:
+            if not eq:
+                i += 1
+                if i >= len(argv):
+                    return None
+                value = argv[i]
+            if name == "--state-dir":
+                state = value
+            i += 1
+            continue
+        if arg.startswith("-"):
+            return None  # --help, --version, or a mistake: click says what it means
+        if arg not in FORWARDED:
+            return None
+        break
+    else:
+        return None
+    if state:
+        return os.path.abspath(state)
+    if os.geteuid() == 0:
+        return "/var/lib/microbuild"
+    xdg = env.get("XDG_STATE_HOME") or os.path.join(os.path.expanduser("~"), ".local", "state")
+    return os.path.join(xdg, "microbuild")
+
+
+def forward(state: str, argv: list[str]) -> int | None:
+    """Run the command in the server: its exit status, or None when no server took it."""
+    path = os.path.join(state, SOCKET_NAME)
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        sock.connect(path)
+    except OSError:
+        sock.close()
+        start_server(state)
+        return None
+    with sock:
+        import json
+
+        request = json.dumps(
+            {"argv": argv, "cwd": os.getcwd(), "env": dict(os.environ), "umask": _umask()}
+        ).encode()
+        payload = len(request).to_bytes(4, "big") + request
+        try:
+            sent = socket.send_fds(sock, [payload], [0, 1, 2])
+            sock.sendall(payload[sent:])
+        except OSError:
+            return None  # a closed stdin/stdout/stderr, say: run it here
+        return _await(sock, state)
+
+
+def _await(sock: socket.socket, state: str) -> int | None:
+    buffer = b""
+    worker = 0
+
+    def relay(signum: int, _frame: object) -> None:
+        if worker:
+            with contextlib.suppress(OSError):
+                os.kill(worker, signum)
+
+    while True:
+        try:
+            chunk = sock.recv(4096)
+        except InterruptedError:
+            continue
+        except OSError:
+            chunk = b""
+        if not chunk:
+            if worker:
+                sys.stderr.write(
+                    "error: the microbuild command server stopped before the command ended; "
+                    "run it again, or set MICROBUILD_COMMAND_SERVER=0 to bypass the server\n"
+                )
+                return EXIT_ENVIRONMENT
+            return None
+        buffer += chunk
+        while b"\n" in buffer:
+            line, buffer = buffer.split(b"\n", 1)
+            word, _, value = line.decode().partition(" ")
+            if word == "pid":
+                worker = int(value)
+                for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT):
+                    signal.signal(signum, relay)
+            elif word == "exit":
+                return int(value)
+            elif word == "stale":
+                start_server(state)
+                return None
+
+
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def start_server(state: str) -> None:
+    """Start a command server for `state` in the background; it is ready for the next call."""
+    if not os.path.isdir(state):
+        return  # the command itself makes the state dir; the next call starts a server
+    import subprocess
+
+    log = os.path.join(state, "cli-server.log")
+    try:
+        with open(log, "ab") as out:
+            subprocess.Popen(
+                [sys.executable, "-m", "microbuild.cli.cmdserver", state],
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=out,
+                start_new_session=True,
+                close_fds=True,
+                cwd="/",
+            )
+    except OSError:
+        pass
