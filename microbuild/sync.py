@@ -10,13 +10,14 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import hashlib
+import json
 import os
 import shutil
 import subprocess
 import tarfile
 import tempfile
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from microbuild.config import Project
 from microbuild.errors import SnapshotError
@@ -231,17 +232,28 @@ def _tree_with_kept_index(
             # became ignored leave the tree, and watch again with the new rules.
             fresh, watcher = True, None
             watch.restart(root)
-        if fresh:
-            kept.unlink(missing_ok=True)
-            if index.exists():
-                shutil.copy2(index, kept)
         env = {"GIT_INDEX_FILE": str(kept), "GIT_OPTIONAL_LOCKS": "0"}
         # Taken before any file is read: what changes from here on is restaged next time.
         token = watcher.token() if watcher is not None else None
+        config = _config_signature(gitdir) if watcher is not None else ""
+        saved = _read_moment(moment) if watcher is not None else None
+        if saved is not None and saved["prefix"] != prefix:
+            saved = None  # kept for another project of this repository
+        elif saved is not None and saved["config"] != config:
+            fresh = True  # git's configuration changed (core.fileMode, say): start again
+        if fresh:
+            saved = None
+            kept.unlink(missing_ok=True)
+            if index.exists():
+                shutil.copy2(index, kept)
         try:
             tree = None
-            if watcher is not None and not fresh:
-                tree = _restage_changed(root, env, prefix, watcher, moment)
+            if watcher is not None and saved is not None:
+                tree = _tree_from_changes(root, watcher, saved)
+                if tree is not None:
+                    _write_moment(moment, {**saved, "tree": tree, "tree_token": token})
+                    return tree
+                tree = _restage_changed(root, env, prefix, watcher, str(saved["index_token"]))
             if tree is None:
                 _git(root, "-c", "core.untrackedCache=true", "add", "--all", "--", ".", env=env)
                 tree = _write_tree(root, env, prefix)
@@ -252,26 +264,106 @@ def _tree_with_kept_index(
         if fresh:
             base.write_text(signature)
         if token is not None:
-            moment.write_text(f"{token}\n{prefix}\n{tree}\n")
+            filemode = saved["filemode"] if saved is not None else _core_filemode(root)
+            _write_moment(
+                moment,
+                {
+                    "prefix": prefix,
+                    "tree": tree,
+                    "tree_token": token,
+                    "index_token": token,
+                    "filemode": filemode,
+                    "config": config,
+                },
+            )
         return tree
 
 
-def _restage_changed(
-    root: Path, env: dict[str, str], prefix: str, watcher: TreeWatcher, moment: Path
-) -> str | None:
-    """The tree after restaging only what `watcher` saw change since the kept moment; None
-    when that is unknown (then everything is restaged)."""
+def _read_moment(moment: Path) -> dict[str, Any] | None:
+    """What the last watched tree_id kept: the tree and the watcher's moment it was true at,
+    and the moment the kept index was last brought up to date."""
     try:
-        token, saved_prefix, saved_tree = moment.read_text().split("\n")[:3]
+        data = json.loads(moment.read_text())
     except (OSError, ValueError):
         return None
-    if saved_prefix != prefix or not saved_tree:
-        return None
-    changed = watcher.changes_since(token)
+    keys = ("prefix", "tree", "tree_token", "index_token", "filemode", "config")
+    return data if isinstance(data, dict) and all(k in data for k in keys) else None
+
+
+def _write_moment(moment: Path, data: dict[str, Any]) -> None:
+    temp = moment.with_name(f".{moment.name}.{os.getpid()}")
+    temp.write_text(json.dumps(data))
+    temp.replace(moment)
+
+
+def _tree_from_changes(root: Path, watcher: TreeWatcher, saved: dict[str, Any]) -> str | None:
+    """The kept tree with the files changed since it edited in, without the index (see
+    microbuild.treeedit); None when that cannot be done exactly."""
+    from microbuild import treeedit
+
+    changed = watcher.changes_since(str(saved["tree_token"]))
     if changed is None:
         return None
     if not changed:
-        return saved_tree
+        return str(saved["tree"])
+    filemode = saved["filemode"]
+    if not isinstance(filemode, bool):
+        return None
+    return treeedit.edit_tree(root, str(saved["tree"]), changed, filemode)
+
+
+def _config_signature(gitdir: Path) -> str:
+    """When git's configuration files last changed, and the configuration the environment
+    gives: a kept core.fileMode is trusted only while this stays the same."""
+    paths = [gitdir / "config"]
+    with contextlib.suppress(OSError):
+        paths.append(gitdir / (gitdir / "commondir").read_text().strip() / "config")
+    home = Path(os.environ.get("HOME") or "/")
+    xdg = Path(os.environ.get("XDG_CONFIG_HOME") or home / ".config")
+    paths += [
+        Path(os.environ.get("GIT_CONFIG_GLOBAL") or home / ".gitconfig"),
+        xdg / "git" / "config",
+        Path(os.environ.get("GIT_CONFIG_SYSTEM") or "/etc/gitconfig"),
+    ]
+    stamps = []
+    for path in paths:
+        try:
+            st = path.stat()
+            stamps.append(f"{path} {st.st_mtime_ns} {st.st_size} {st.st_ino}")
+        except OSError:
+            stamps.append(f"{path} -")
+    stamps += sorted(f"{k}={v}" for k, v in os.environ.items() if k.startswith("GIT_CONFIG"))
+    return hashlib.sha256("\n".join(stamps).encode()).hexdigest()[:32]
+
+
+_CORE_FLAGS = r"^core\.(filemode|ignorecase)$"
+
+
+def _core_filemode(root: Path) -> bool | None:
+    """Whether git takes the executable bit from the files (core.fileMode); None when the
+    fast path must not be used at all (a case-insensitive core.ignoreCase)."""
+    proc = subprocess.run(
+        ["git", "-C", str(root), "config", "--type=bool", "--get-regexp", _CORE_FLAGS],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if proc.returncode not in (0, 1):
+        return None
+    values = dict(line.split(" ", 1) for line in proc.stdout.splitlines() if " " in line)
+    if values.get("core.ignorecase") == "true":
+        return None
+    return values.get("core.filemode", "true") == "true"
+
+
+def _restage_changed(
+    root: Path, env: dict[str, str], prefix: str, watcher: TreeWatcher, since: str
+) -> str | None:
+    """The tree after restaging in the kept index only what `watcher` saw change since it was
+    last brought up to date; None when that is unknown (then everything is restaged)."""
+    changed = watcher.changes_since(since)
+    if changed is None:
+        return None
     present = [p for p in changed if os.path.lexists(root / p)]
     gone = [p for p in changed if p not in set(present)]
     quiet = {**env, "LC_ALL": "C"}

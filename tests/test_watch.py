@@ -41,10 +41,12 @@ def untouched(root: Path) -> dict[str, object]:
     return {k: v for k, v in repo_state(root).items() if k != "status"}
 
 
-def restaged(root: Path, kept: Path) -> str:
-    """tree_id with the watcher; it must equal the tree of a full scan of the files."""
+def restaged(root: Path, kept: Path, by_hand: bool = True) -> str:
+    """tree_id with the watcher; it must equal the tree of a full scan of the files (and, with
+    `by_hand`, the files as this test reads them)."""
     tree = sync.tree_id(root, kept)
-    assert tree_entries(root, tree) == expected_tree(root)
+    if by_hand:
+        assert tree_entries(root, tree) == expected_tree(root)
     assert tree == sync.tree_id(root)
     return tree
 
@@ -183,3 +185,77 @@ def test_a_forked_child_asks_the_owner_and_never_reads_its_events(tmp_path: Path
     assert os.waitstatus_to_exitcode(status) == 0
     assert os.read(read_end, 4096) == os.fsencode(root) + b"\0"
     os.close(read_end)
+
+
+def moment(kept: Path) -> dict[str, object]:
+    import json
+
+    (where,) = kept.iterdir()
+    data: dict[str, object] = json.loads((where / "watch").read_text())
+    return data
+
+
+def test_a_file_change_is_edited_into_the_tree_without_the_index(
+    watched: tuple[Path, Path],
+) -> None:
+    """Files written, created or deleted: the tree is made with git's plumbing, the kept index
+    is left behind (and caught up when a change needs it: a new directory, a symlink)."""
+    root, kept = watched
+    restaged(root, kept)
+    (where,) = kept.iterdir()
+    index_stamp = (where / "index").stat().st_mtime_ns
+    write(root, "src/pkg/a.py", "a = 5\n")
+    write(root, "src/pkg/new.py", "n = 1\n")
+    (root / "tests/test_a.py").unlink()
+    restaged(root, kept)
+    state = moment(kept)
+    assert state["tree_token"] != state["index_token"]
+    assert (where / "index").stat().st_mtime_ns == index_stamp
+    write(root, "fresh/dir/x.py", "x = 1\n")  # a new directory: through the index
+    restaged(root, kept)
+    state = moment(kept)
+    assert state["tree_token"] == state["index_token"]
+    write(root, "src/pkg/a.py", "a = 6\n")
+    restaged(root, kept)
+
+
+def test_edited_trees_follow_git_for_the_odd_cases(watched: tuple[Path, Path]) -> None:
+    root, kept = watched
+    restaged(root, kept)
+    write(root, "build/keep.txt", "ignored dir\n")
+    restaged(root, kept)
+    write(root, "new.log", "an ignored new file\n")
+    write(root, "src/pkg/b.py", "b = 2\n")
+    tree = restaged(root, kept)
+    assert "new.log" not in tree_entries(root, tree)
+    # A tracked file that is ignored stays in the tree when it is rewritten or recreated.
+    write(root, "tracked.log", "forced\n")
+    git(root, "add", "-f", "tracked.log")
+    restaged(root, kept)
+    (root / "tracked.log").unlink()
+    restaged(root, kept)
+    write(root, "tracked.log", "back\n")
+    assert "tracked.log" in tree_entries(root, restaged(root, kept))
+    # The executable bit, and core.fileMode=false keeping the recorded mode.
+    (root / "src/pkg/b.py").chmod(0o755)
+    assert tree_entries(root, restaged(root, kept))["src/pkg/b.py"][0] == "100755"
+    git(root, "config", "core.fileMode", "false")
+    write(root, "src/pkg/a.py", "a = 7\n")
+    (root / "src/pkg/a.py").chmod(0o755)
+    tree = sync.tree_id(root, kept)
+    assert tree == sync.tree_id(root)
+    assert tree_entries(root, tree)["src/pkg/a.py"][0] == "100644"
+    git(root, "config", "core.fileMode", "true")
+    # A file where a directory was, and the other way round.
+    shutil.rmtree(root / "tests")
+    write(root, "tests", "now a file\n")
+    restaged(root, kept)
+    (root / "README").unlink()
+    write(root, "README/inside.txt", "now a directory\n")
+    assert "README/inside.txt" in tree_entries(root, restaged(root, kept, by_hand=False))
+    # Names git could read as patterns or that need quoting.
+    write(root, "src/pkg/we[ir]d *.py", "w = 1\n")
+    write(root, "src/pkg/tab\tand ünïcode.py", "u = 1\n")
+    restaged(root, kept, by_hand=False)
+    write(root, "src/pkg/tab\tand ünïcode.py", "u = 2\n")
+    restaged(root, kept, by_hand=False)
