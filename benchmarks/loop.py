@@ -271,8 +271,9 @@ def host_pid(state: Path) -> int:
 
 def server_pid(state: Path) -> int | None:
     """The command server's pid (it forks the worker that runs each validate)."""
-    with contextlib.suppress(OSError, ValueError, KeyError):
-        return int(json.loads((state / "cli.json").read_text())["pid"])
+    for info in state.glob("cli-*.json"):
+        with contextlib.suppress(OSError, ValueError, KeyError):
+            return int(json.loads(info.read_text())["pid"])
     return None
 
 

@@ -46,10 +46,13 @@ def cli(state: Path, cwd: Path, *args: str, stdin: str = "") -> subprocess.Compl
     )
 
 
+NAME = launcher.server_name()
+
+
 def server_pid(state: Path) -> int | None:
-    """The pid of the server answering at STATE/cli.sock, from its log's last start line."""
+    """The pid of the server answering at STATE/cli-HASH.sock, from its log's last start."""
     try:
-        lines = (state / "cli-server.log").read_text().splitlines()
+        lines = (state / f"{NAME}.log").read_text().splitlines()
     except OSError:
         return None
     started = [line for line in lines if "listening on" in line]
@@ -82,7 +85,7 @@ def served(state_dir: Path, tmp_path: Path) -> Iterator[tuple[Path, Path]]:
     root = write_project(tmp_path / "proj", CONFIG, {"a.txt": "good\n"})
     first = cli(state_dir, root, "validate")  # in this process; starts a server for next time
     assert first.returncode == 0, first.stderr
-    wait_for(lambda: (state_dir / "cli.sock").exists() and server_pid(state_dir))
+    wait_for(lambda: (state_dir / f"{NAME}.sock").exists() and server_pid(state_dir))
     yield state_dir, root
     pid = server_pid(state_dir)
     if pid and alive(pid):
@@ -131,7 +134,7 @@ def test_validate_through_the_server_gives_what_a_fresh_process_gives(
     )
     assert json.loads(fresh.stdout)["tree"] == json.loads(again.stdout)["tree"]
     assert server_pid(state) == pid and alive(pid)  # all of it went through one server
-    log = (state / "cli-server.log").read_text()
+    log = (state / f"{NAME}.log").read_text()
     assert f"watching {root}" in log
 
 
@@ -152,10 +155,10 @@ def test_a_bad_request_is_refused_and_the_server_goes_on(served: tuple[Path, Pat
     state, root = served
     pid = server_pid(state)
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
-        sock.connect(str(state / "cli.sock"))
+        sock.connect(str(state / f"{NAME}.sock"))
         sock.sendall(b"\x00\x00\x00\x05hello")  # no descriptors, not JSON
         assert sock.recv(100) == b""
-    assert "refused a request" in (state / "cli-server.log").read_text()
+    assert "refused a request" in (state / f"{NAME}.log").read_text()
     assert cli(state, root, "validate").returncode == 0
     assert server_pid(state) == pid and pid is not None and alive(pid)
 
@@ -185,7 +188,7 @@ def test_the_server_exits_when_its_state_dir_goes(served: tuple[Path, Path]) -> 
     state, _root = served
     pid = server_pid(state)
     assert pid is not None
-    (state / "cli.sock").unlink()
+    (state / f"{NAME}.sock").unlink()
     wait_for(lambda: not alive(pid), 15)
 
 
@@ -198,7 +201,7 @@ def test_ctrl_c_reaches_the_worker(state_dir: Path, tmp_path: Path) -> None:
     (root / "a.txt").write_text("good, changed\n")
     git(root, "add", "-A")
     cli(state_dir, root, "hook", "claude", stdin="")  # starts a server, validates nothing
-    wait_for(lambda: (state_dir / "cli.sock").exists() and server_pid(state_dir))
+    wait_for(lambda: (state_dir / f"{NAME}.sock").exists() and server_pid(state_dir))
     env = {k: v for k, v in os.environ.items() if k != "MICROBUILD_STATE_DIR"}
     env["MICROBUILD_COMMAND_SERVER"] = "1"
     proc = subprocess.Popen(

@@ -1,8 +1,8 @@
 """The command server: a warm `microbuild` process that forks a worker per command.
 
 Started in the background by the launcher (microbuild.cli.launcher) for one state dir, it
-imports the CLI once and listens on STATE/cli.sock (the state dir is the user's own, 0700;
-its pid is in STATE/cli.json).
+imports the CLI once and listens on STATE/cli-HASH.sock (HASH names the Python it runs on; the
+state dir is the user's own, 0700; its pid is in STATE/cli-HASH.json, its log beside them).
 Each connection brings argv, cwd, environment, umask and the caller's stdin/stdout/stderr; the
 server drains its file watchers, forks, and the worker runs the command exactly as a fresh
 process would, writing straight to the caller's descriptors (a terminal keeps its live
@@ -13,7 +13,7 @@ asks for one through a pipe, and the next workers restage only what changed. The
 single-threaded (a selector loop), so a fork never copies a lock held by another thread.
 
 It exits when idle for MICROBUILD_COMMAND_SERVER_IDLE_EXIT seconds (default 1800), when its
-socket is no longer the one at STATE/cli.sock (the state dir was removed, or a newer server
+socket is no longer the one at STATE/cli-HASH.sock (the state dir was removed, or a newer server
 took over), or, at the next request, when microbuild's own files or the installed packages
 changed since it started (that request then runs in the caller's process).
 """
@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from microbuild import watch
-from microbuild.cli.launcher import SOCKET_NAME
+from microbuild.cli.launcher import server_name
 
 IDLE_EXIT_S = 1800.0
 TICK_S = 2.0
@@ -106,7 +106,7 @@ class CodeSignature:
 class CommandServer:
     def __init__(self, state: Path) -> None:
         self.state = state
-        self.path = state / SOCKET_NAME
+        self.path = state / f"{server_name()}.sock"
         self.idle_exit_s = float(os.environ.get("MICROBUILD_COMMAND_SERVER_IDLE_EXIT", IDLE_EXIT_S))
         self.selector = selectors.DefaultSelector()
         self.workers: dict[int, socket.socket] = {}
@@ -123,7 +123,7 @@ class CommandServer:
         self.selector.register(self.requests_r, selectors.EVENT_READ, "watch")
         self.selector.register(self.wakeup_r, selectors.EVENT_READ, "signal")
         self.signature = CodeSignature()
-        self.info = state / "cli.json"
+        self.info = state / f"{server_name()}.json"
         temp = state / f".cli-{os.getpid()}.json"
         temp.write_text(json.dumps({"pid": os.getpid(), "socket": str(self.path)}) + "\n")
         temp.replace(self.info)
@@ -354,7 +354,7 @@ class CommandServer:
             os.umask(int(request.get("umask", 0o022)))
             os.setpgid(0, 0)
             watch.freeze(self.requests_w)
-            sys.argv = ["microbuild", *map(str, request["argv"])]
+            sys.argv = [str(request.get("argv0") or "microbuild"), *map(str, request["argv"])]
             from microbuild.cli.main import main
 
             main()
@@ -406,7 +406,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         with probe:
-            probe.connect(str(state / SOCKET_NAME))
+            probe.connect(str(state / f"{server_name()}.sock"))
         _log("another command server answers here; not starting")
         return 0
     except OSError:

@@ -16,12 +16,17 @@ import os
 import signal
 import socket
 import sys
+import zlib
 
 FORWARDED = frozenset({"validate", "hook"})
 # Options of the `microbuild` group that take a value (see microbuild.cli.main).
 VALUE_OPTIONS = frozenset({"--state-dir", "-C", "--project", "--host"})
-SOCKET_NAME = "cli.sock"
 EXIT_ENVIRONMENT = 3
+
+
+def server_name() -> str:
+    """One server per state dir and Python (two installs sharing a state dir get one each)."""
+    return f"cli-{zlib.crc32(os.fsencode(sys.executable)):08x}"
 
 
 def main() -> None:
@@ -72,7 +77,9 @@ def forwardable(argv: list[str], env: os._Environ[str] | dict[str, str]) -> str 
 
 def forward(state: str, argv: list[str]) -> int | None:
     """Run the command in the server: its exit status, or None when no server took it."""
-    path = os.path.join(state, SOCKET_NAME)
+    path = os.path.join(state, server_name() + ".sock")
+    if len(os.fsencode(path)) >= 108:
+        return None  # longer than a Unix socket's address may be: run it here
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
         sock.connect(path)
@@ -84,7 +91,13 @@ def forward(state: str, argv: list[str]) -> int | None:
         import json
 
         request = json.dumps(
-            {"argv": argv, "cwd": os.getcwd(), "env": dict(os.environ), "umask": _umask()}
+            {
+                "argv0": sys.argv[0],
+                "argv": argv,
+                "cwd": os.getcwd(),
+                "env": dict(os.environ),
+                "umask": _umask(),
+            }
         ).encode()
         payload = len(request).to_bytes(4, "big") + request
         try:
@@ -146,7 +159,7 @@ def start_server(state: str) -> None:
         return  # the command itself makes the state dir; the next call starts a server
     import subprocess
 
-    log = os.path.join(state, "cli-server.log")
+    log = os.path.join(state, server_name() + ".log")
     try:
         with open(log, "ab") as out:
             subprocess.Popen(
