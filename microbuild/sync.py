@@ -188,7 +188,10 @@ def tree_id(root: Path, index_dir: Path | None = None, *, watched: bool = True) 
     (without a watcher: only the user's index): the tree then has a file the working tree has
     too, and a cached result may be missed.
     """
-    gitdir, prefix = _repository(root)
+    from microbuild import watch
+
+    known = watch.repository(root) if watched and index_dir is not None else None
+    gitdir, prefix = known or _repository(root)
     index = gitdir / "index"
     if index_dir is not None:
         # Busy (another validate of this repository) or broken: the one-off copy will do.

@@ -93,8 +93,10 @@ class TreeWatcher:
         self.seq = 0
         self.valid_since = 0
         self.alive = True
-        # An ignore file changed: which directories are skipped may be wrong now.
+        # An ignore file changed, or the repository itself: what this knows may be wrong now.
         self.stale = False
+        # (git dir, the root's prefix in its repository), as `start` found them.
+        self.repository: tuple[Path, str] | None = None
         self._skip = skip
         self._changed: dict[str, int] = {}
         self._paths: dict[int, str] = {}
@@ -185,7 +187,7 @@ class TreeWatcher:
         if not name:
             return
         path = f"{parent}/{name}" if parent else name
-        if name == ".gitignore":
+        if name == ".gitignore" or path == ".git":
             self.stale = True
             self._lost()
         if mask & IN_ISDIR:
@@ -324,8 +326,44 @@ def ensure(root: Path) -> TreeWatcher | None:
 
 
 def start(root: Path) -> TreeWatcher:
-    """A watcher of `root` that skips the directories git ignores there now."""
-    return TreeWatcher(root, ignored_directories(root))
+    """A watcher of `root` that skips the directories git ignores there now, and knows where
+    its repository is."""
+    watcher = TreeWatcher(root, ignored_directories(root))
+    watcher.repository = _repository(root)
+    return watcher
+
+
+# The git environment a command may set for itself: where the repository is then is its own.
+GIT_LOCATION_ENV = ("GIT_DIR", "GIT_WORK_TREE", "GIT_COMMON_DIR", "GIT_INDEX_FILE")
+
+
+def _clean_env() -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k not in GIT_LOCATION_ENV}
+    return {**env, "GIT_OPTIONAL_LOCKS": "0"}
+
+
+def _repository(root: Path) -> tuple[Path, str] | None:
+    proc = subprocess.run(
+        ["git", "-C", str(root), "rev-parse", "--absolute-git-dir", "--show-prefix"],
+        capture_output=True,
+        text=True,
+        check=False,
+        env=_clean_env(),
+    )
+    lines = proc.stdout.split("\n")
+    if proc.returncode != 0 or not lines[0]:
+        return None
+    return Path(lines[0]), lines[1] if len(lines) > 1 else ""
+
+
+def repository(root: Path) -> tuple[Path, str] | None:
+    """Where `root`'s repository is, as its watcher knows it (no git call), or None."""
+    if any(k in os.environ for k in GIT_LOCATION_ENV):
+        return None
+    watcher = find(root)
+    if watcher is None or watcher.stale:
+        return None
+    return watcher.repository
 
 
 def ignored_directories(root: Path) -> frozenset[str]:
@@ -338,7 +376,7 @@ def ignored_directories(root: Path) -> frozenset[str]:
             ],
             capture_output=True,
             check=False,
-            env={**os.environ, "GIT_OPTIONAL_LOCKS": "0"},
+            env=_clean_env(),
         )
     except OSError as exc:
         raise WatchUnavailable(f"git: {exc}") from exc

@@ -259,3 +259,20 @@ def test_edited_trees_follow_git_for_the_odd_cases(watched: tuple[Path, Path]) -
     restaged(root, kept, by_hand=False)
     write(root, "src/pkg/tab\tand ünïcode.py", "u = 2\n")
     restaged(root, kept, by_hand=False)
+
+
+def test_the_watcher_knows_its_repository_until_git_dir_changes(
+    watched: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    root, kept = watched
+    watcher = watch.find(root)
+    assert watcher is not None
+    assert watch.repository(root) == ((root / ".git").resolve(), "")
+    monkeypatch.setenv("GIT_DIR", str(root / ".git"))
+    assert watch.repository(root) is None  # the command's own git environment wins
+    monkeypatch.delenv("GIT_DIR")
+    os.rename(root / ".git", root / ".git-moved")
+    assert watch.repository(root) is None and watcher.stale
+    os.rename(root / ".git-moved", root / ".git")
+    restaged(root, kept)  # starts again from the user's index, watching anew
+    assert watch.repository(root) == ((root / ".git").resolve(), "")
