@@ -222,3 +222,14 @@ def test_ctrl_c_reaches_the_worker(state_dir: Path, tmp_path: Path) -> None:
         pid = server_pid(state_dir)
         if pid and alive(pid):
             os.kill(pid, signal.SIGTERM)
+
+
+def test_requests_survive_any_argument_and_environment() -> None:
+    env = {"A": "1", "WEIRD": "x=y\n\tz", "EMPTY": "", "ÜNÏ": "ç"}
+    argv = ["validate", "--json", "", "a b", "é"]
+    body = launcher.encode_request("/bin/mb", "/w d", 0o027, argv, env)
+    assert int.from_bytes(body[:4], "big") == len(body) - 4
+    assert launcher.decode_request(body[4:]) == ("/bin/mb", "/w d", 0o027, argv, env)
+    for bad in (b"", b"a\0b\0c", b"a\0b\x0022\0x\0nine", b"a\0b\x0022\0" + b"9"):
+        with pytest.raises(ValueError):
+            launcher.decode_request(bad)

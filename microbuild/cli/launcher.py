@@ -3,18 +3,21 @@ runs for this state dir, else runs the command in this process (and starts a ser
 time).
 
 An agent calls these after every stop; importing click, pydantic and the rest costs more than
-the work itself. So, like Mercurial's chg, this module imports only the standard library's
-socket layer, passes its argv, cwd, environment and stdin/stdout/stderr descriptors to the
-server (SCM_RIGHTS), forwards signals to the worker the server forks for it, and exits with
-that worker's status. MICROBUILD_COMMAND_SERVER=0 turns it off.
+the work itself. So, like Mercurial's chg, this module imports only C modules of the standard
+library and `signal` (`_socket`, as `socket` imports selectors and more; the console script
+imports `re`, and so enum, anyway), passes its argv, cwd, environment and stdin/stdout/stderr
+descriptors to the server (SCM_RIGHTS), forwards signals to the worker the server forks for
+it, and exits with that worker's status. MICROBUILD_COMMAND_SERVER=0 turns it off.
+
+The request is NUL-separated (no NUL can be in an argument, a path or the environment):
+`argv0, cwd, umask (octal), len(argv), *argv, *KEY=VALUE`, after its length as 4 bytes.
 """
 
 from __future__ import annotations
 
-import contextlib
+import _socket
 import os
 import signal
-import socket
 import sys
 import zlib
 
@@ -22,11 +25,31 @@ FORWARDED = frozenset({"validate", "hook"})
 # Options of the `microbuild` group that take a value (see microbuild.cli.main).
 VALUE_OPTIONS = frozenset({"--state-dir", "-C", "--project", "--host"})
 EXIT_ENVIRONMENT = 3
+RELAYED = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT)
 
 
 def server_name() -> str:
     """One server per state dir and Python (two installs sharing a state dir get one each)."""
     return f"cli-{zlib.crc32(os.fsencode(sys.executable)):08x}"
+
+
+def encode_request(argv0: str, cwd: str, umask: int, argv: list[str], env: dict[str, str]) -> bytes:
+    fields = [argv0, cwd, f"{umask:o}", str(len(argv)), *argv]
+    fields += [f"{k}={v}" for k, v in env.items()]
+    body = b"\0".join(os.fsencode(f) for f in fields)
+    return len(body).to_bytes(4, "big") + body
+
+
+def decode_request(body: bytes) -> tuple[str, str, int, list[str], dict[str, str]]:
+    """The fields of a request body (ValueError when it is not one)."""
+    fields = [os.fsdecode(f) for f in body.split(b"\0")]
+    if len(fields) < 4 or not fields[3].isdigit():
+        raise ValueError("a malformed request")
+    count = int(fields[3])
+    if len(fields) < 4 + count:
+        raise ValueError("a truncated request")
+    env = dict(f.split("=", 1) for f in fields[4 + count :] if "=" in f)
+    return fields[0], fields[1], int(fields[2], 8), fields[4 : 4 + count], env
 
 
 def main() -> None:
@@ -80,42 +103,36 @@ def forward(state: str, argv: list[str]) -> int | None:
     path = os.path.join(state, server_name() + ".sock")
     if len(os.fsencode(path)) >= 108:
         return None  # longer than a Unix socket's address may be: run it here
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
     try:
-        sock.connect(path)
-    except OSError:
-        sock.close()
-        start_server(state)
-        return None
-    with sock:
-        import json
-
-        request = json.dumps(
-            {
-                "argv0": sys.argv[0],
-                "argv": argv,
-                "cwd": os.getcwd(),
-                "env": dict(os.environ),
-                "umask": _umask(),
-            }
-        ).encode()
-        payload = len(request).to_bytes(4, "big") + request
         try:
-            sent = socket.send_fds(sock, [payload], [0, 1, 2])
-            sock.sendall(payload[sent:])
+            sock.connect(path)
+        except OSError:
+            start_server(state)
+            return None
+        payload = encode_request(sys.argv[0], os.getcwd(), _umask(), argv, dict(os.environ))
+        fds = b"".join(fd.to_bytes(4, sys.byteorder) for fd in (0, 1, 2))
+        try:
+            sent = sock.sendmsg([payload], [(_socket.SOL_SOCKET, _socket.SCM_RIGHTS, fds)])
+            while sent < len(payload):
+                sent += sock.send(payload[sent:])
         except OSError:
             return None  # a closed stdin/stdout/stderr, say: run it here
         return _await(sock, state)
+    finally:
+        sock.close()
 
 
-def _await(sock: socket.socket, state: str) -> int | None:
+def _await(sock: _socket.socket, state: str) -> int | None:
     buffer = b""
     worker = 0
 
     def relay(signum: int, _frame: object) -> None:
         if worker:
-            with contextlib.suppress(OSError):
+            try:  # noqa: SIM105 - contextlib is one import more on every call
                 os.kill(worker, signum)
+            except OSError:
+                pass  # it ended already
 
     while True:
         try:
@@ -138,7 +155,7 @@ def _await(sock: socket.socket, state: str) -> int | None:
             word, _, value = line.decode().partition(" ")
             if word == "pid":
                 worker = int(value)
-                for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT):
+                for signum in RELAYED:
                     signal.signal(signum, relay)
             elif word == "exit":
                 return int(value)
