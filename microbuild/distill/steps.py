@@ -8,6 +8,7 @@ the like), because that is what decides whether a line can run offline in a side
 
 from __future__ import annotations
 
+import dataclasses
 import re
 import shlex
 from collections.abc import Iterable, Iterator
@@ -55,6 +56,8 @@ class Step:
 class Verdict:
     kind: Kind
     reason: str
+    command: str | None = None
+    """The line to run instead of the CI's, when the verdict rewrites it."""
 
 
 @dataclass(frozen=True)
@@ -280,6 +283,48 @@ def program(command: str) -> tuple[str, list[str]]:
     return "", []
 
 
+# `coverage run` options that take a value (the next word unless written with `=`).
+_COVERAGE_VALUE_OPTIONS = frozenset(
+    {"--rcfile", "--source", "--include", "--omit", "--concurrency", "--context", "--data-file"}
+    | {"--debug"}
+)
+_SHELL_SYNTAX = ("&&", "||", ";", "|", ">", "<", "$(", "`", "\n", "&")
+
+
+def without_coverage(command: str) -> str | None:
+    """`coverage run [OPTIONS] -m MODULE ARGS` as `python -m MODULE ARGS` (and `coverage run
+    PROGRAM ARGS` as `python PROGRAM ARGS`), keeping leading variable assignments; None for
+    anything else, or a line with more shell in it than that."""
+    if any(token in command for token in _SHELL_SYNTAX):
+        return None
+    words = _words(command)
+    i = 0
+    while i < len(words) and _ASSIGN_RE.match(words[i]):
+        i += 1
+    assignments, python = words[:i], "python"
+    head = words[i].rsplit("/", 1)[-1] if i < len(words) else ""
+    if head.startswith("python") and words[i + 1 : i + 3] == ["-m", "coverage"]:
+        python, i = words[i], i + 3
+    elif head == "coverage":
+        i += 1
+    else:
+        return None
+    if words[i : i + 1] != ["run"]:
+        return None
+    i += 1
+    while i < len(words) and words[i].startswith("-") and words[i] != "-m":
+        takes_value = words[i] in _COVERAGE_VALUE_OPTIONS
+        i += 2 if takes_value else 1
+    rest = words[i:]
+    if not rest or rest == ["-m"]:
+        return None
+    kept = []
+    for word in assignments:
+        key, _, value = word.partition("=")
+        kept.append(f"{key}={shlex.quote(value)}")
+    return " ".join([*kept, shlex.join([python, *rest])])
+
+
 def classify(command: str) -> Verdict:
     """What to do with one command line; the reason is shown to the user."""
     text = command.strip()
@@ -312,7 +357,17 @@ def classify(command: str) -> Verdict:
         return Verdict("drop", "builds the documentation (not a check of the code)")
     if name in ("coverage", "diff-cover", "genhtml"):
         if first in ("run",) and len(args) > 1:
-            inner = classify(" ".join(shlex.quote(a) for a in args[1:] if not a.startswith("-")))
+            plain = without_coverage(text)
+            inner = classify(
+                plain or " ".join(shlex.quote(a) for a in args[1:] if not a.startswith("-"))
+            )
+            if inner.kind == "tests" and plain is not None:
+                return Verdict(
+                    "tests",
+                    "tests, run without `coverage run`: no coverage report or threshold is "
+                    "kept, so measuring coverage would only slow the check",
+                    command=plain,
+                )
             if inner.kind == "tests":
                 return Verdict(
                     "tests", "tests under coverage (`coverage run`); coverage data is not reported"
@@ -463,6 +518,8 @@ class Distiller:
             self.python_setup.append(step)
             self.kept.append((f"setup {label}", verdict.reason, step.file))
         else:
+            if verdict.command is not None:
+                step = dataclasses.replace(step, command=verdict.command)
             steps = self.checks.setdefault(verdict.kind, [])
             if all(s.shell() != step.shell() for s in steps):
                 steps.append(step)
