@@ -286,16 +286,21 @@ def run_microbuild(
     *args: str,
     timeout: float,
     host_idle_exit: str | None = None,
+    env: dict[str, str] | None = None,
+    stdin: str | None = None,
 ) -> subprocess.CompletedProcess[str]:
     """The CLI as a user runs it: a separate process in `cwd`, against the host of `state`
-    (started on demand; `host_idle_exit` seconds of idleness end it)."""
-    env = {k: v for k, v in os.environ.items() if k != "MICROBUILD_STATE_DIR"}
+    (started on demand; `host_idle_exit` seconds of idleness end it), with `env` added to
+    this process's environment and `stdin` as its input."""
+    full = {k: v for k, v in os.environ.items() if k != "MICROBUILD_STATE_DIR"}
     if host_idle_exit is not None:
-        env["MICROBUILD_HOST_IDLE_EXIT"] = host_idle_exit
+        full["MICROBUILD_HOST_IDLE_EXIT"] = host_idle_exit
+    full |= env or {}
     return subprocess.run(
         [sys.executable, "-m", "microbuild", "--state-dir", str(state), *args],
         cwd=cwd,
-        env=env,
+        env=full,
+        input=stdin,
         capture_output=True,
         text=True,
         timeout=timeout,

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 from conftest import git, write_project
+from realproject import run_microbuild
 
 from microbuild.cli import launcher
 
@@ -31,19 +32,11 @@ command = "sh -c 'if grep -q bad *.txt; then echo FAIL: bad in $(grep -l bad *.t
 """
 
 
+SERVED = {"MICROBUILD_COMMAND_SERVER": "1", "MICROBUILD_COMMAND_SERVER_IDLE_EXIT": "60"}
+
+
 def cli(state: Path, cwd: Path, *args: str, stdin: str = "") -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if k != "MICROBUILD_STATE_DIR"}
-    env |= {"MICROBUILD_COMMAND_SERVER": "1", "MICROBUILD_COMMAND_SERVER_IDLE_EXIT": "60"}
-    return subprocess.run(
-        [sys.executable, "-m", "microbuild", "--state-dir", str(state), *args],
-        cwd=cwd,
-        env=env,
-        input=stdin,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
+    return run_microbuild(state, cwd, *args, timeout=120, env=SERVED, stdin=stdin)
 
 
 NAME = launcher.server_name()
@@ -123,14 +116,8 @@ def test_validate_through_the_server_gives_what_a_fresh_process_gives(
     again = cli(state, root, "validate", "--json")
     assert json.loads(again.stdout)["cached"] is True
     # The same tree a process without the server computes: the watcher missed nothing.
-    fresh = subprocess.run(
-        [sys.executable, "-m", "microbuild", "--state-dir", str(state), "validate", "--json"],
-        cwd=root,
-        env={**os.environ, "MICROBUILD_COMMAND_SERVER": "0"},
-        capture_output=True,
-        text=True,
-        check=False,
-        timeout=120,
+    fresh = run_microbuild(
+        state, root, "validate", "--json", timeout=120, env={"MICROBUILD_COMMAND_SERVER": "0"}
     )
     assert json.loads(fresh.stdout)["tree"] == json.loads(again.stdout)["tree"]
     assert server_pid(state) == pid and alive(pid)  # all of it went through one server
@@ -202,8 +189,7 @@ def test_ctrl_c_reaches_the_worker(state_dir: Path, tmp_path: Path) -> None:
     git(root, "add", "-A")
     cli(state_dir, root, "hook", "claude", stdin="")  # starts a server, validates nothing
     wait_for(lambda: (state_dir / f"{NAME}.sock").exists() and server_pid(state_dir))
-    env = {k: v for k, v in os.environ.items() if k != "MICROBUILD_STATE_DIR"}
-    env["MICROBUILD_COMMAND_SERVER"] = "1"
+    env = {k: v for k, v in os.environ.items() if k != "MICROBUILD_STATE_DIR"} | SERVED
     proc = subprocess.Popen(
         [sys.executable, "-m", "microbuild", "--state-dir", str(state_dir), "validate"],
         cwd=root,
