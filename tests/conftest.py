@@ -64,8 +64,22 @@ def state_dir() -> Iterator[Path]:
     # Not under pytest's tmp_path: its long names are fine, but keep overlay option strings short.
     path = Path(tempfile.mkdtemp(prefix="mbt-", dir="/var/tmp"))
     yield path
+    stop_command_servers(path)
     stop_local_host(path)
     shutil.rmtree(path, ignore_errors=True)
+
+
+def stop_command_servers(state: Path) -> None:
+    """Stop the command servers the CLI started for itself in `state` (see STATE/cli-*.json);
+    they would exit by themselves once the state dir is gone, within seconds."""
+    import json
+    import signal
+
+    for info in state.glob("cli-*.json"):
+        try:
+            os.kill(int(json.loads(info.read_text())["pid"]), signal.SIGTERM)
+        except (OSError, ValueError, KeyError):
+            continue
 
 
 def stop_local_host(state: Path, timeout: float = 10) -> None:

@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import need_isolation, stop_local_host
+from conftest import need_isolation, stop_command_servers, stop_local_host
 
 if __package__:  # tests/ became a package
     from . import realproject
@@ -42,6 +42,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.isolation]
 
 BUILD_TIMEOUT_S = 900
 CALL_TIMEOUT_S = 300
+SERVED = {"MICROBUILD_COMMAND_SERVER": "1", "MICROBUILD_COMMAND_SERVER_IDLE_EXIT": "600"}
 CACHE_HIT_BOUND_S = 3.0
 REPORT_MAX_LINES = 60
 # The host the CLI starts must outlive the gaps between calls (conftest's default is 3 s), or
@@ -55,7 +56,7 @@ def microbuild(
     state: Path, cwd: Path, *args: str, timeout: float = CALL_TIMEOUT_S
 ) -> subprocess.CompletedProcess[str]:
     return realproject.run_microbuild(
-        state, cwd, *args, timeout=timeout, host_idle_exit=HOST_IDLE_EXIT_S
+        state, cwd, *args, timeout=timeout, host_idle_exit=HOST_IDLE_EXIT_S, env=SERVED
     )
 
 
@@ -178,9 +179,20 @@ def project(request: pytest.FixtureRequest) -> Iterator[Project]:
         first = proj.validate("--json", timeout=BUILD_TIMEOUT_S)
         proj.first = json.loads(expect(first).stdout)
         proj.generated = generated
+        # Answered from the cache: the first of these starts the command server, the second
+        # goes through it and has the tree watched from then on.
+        for _ in range(2):
+            expect(proj.validate("--json"))
+            deadline = time.monotonic() + 20
+            while not list(state.glob("cli-*.json")) and time.monotonic() < deadline:
+                time.sleep(0.05)
+        assert list(state.glob("cli-*.json")), "no command server started"
         yield proj
+        logs = "".join(p.read_text() for p in state.glob("cli-*.log"))
+        assert f"watching {root}" in logs, logs
     finally:
         _destroy_sidecars(state, root)
+        stop_command_servers(state)
         stop_local_host(state)
         shutil.rmtree(base, ignore_errors=True)
 
