@@ -219,3 +219,44 @@ def test_requests_survive_any_argument_and_environment() -> None:
     for bad in (b"", b"a\0b\0c", b"a\0b\x0022\0x\0nine", b"a\0b\x0022\0" + b"9"):
         with pytest.raises(ValueError):
             launcher.decode_request(bad)
+
+
+def _fake_server(state: Path) -> socket.socket:
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.bind(str(state / f"{NAME}.sock"))
+    sock.listen(4)
+    return sock
+
+
+def test_a_server_that_never_answers_is_an_environment_error(
+    state_dir: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The command is not run here instead: the server could still start it (twice)."""
+    monkeypatch.setattr(launcher, "ANSWER_TIMEOUT_S", 0.5)
+    with _fake_server(state_dir):
+        assert launcher.forward(str(state_dir), ["validate"]) == launcher.EXIT_ENVIRONMENT
+    assert "did not answer in 0 s" in capsys.readouterr().err
+
+
+def test_a_server_that_hangs_up_runs_the_command_here_or_fails_once_it_started(
+    state_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import threading
+
+    def serve(sock: socket.socket, answer: bytes) -> None:
+        conn, _ = sock.accept()
+        with conn:
+            for fd in socket.recv_fds(conn, 65536, 3)[1]:
+                os.close(fd)
+            conn.sendall(answer)
+
+    with _fake_server(state_dir) as sock:
+        thread = threading.Thread(target=serve, args=(sock, b""))
+        thread.start()
+        assert launcher.forward(str(state_dir), ["validate"]) is None  # nothing started
+        thread.join()
+        thread = threading.Thread(target=serve, args=(sock, b"pid 4194304\n"))
+        thread.start()
+        assert launcher.forward(str(state_dir), ["validate"]) == launcher.EXIT_ENVIRONMENT
+        thread.join()
+    assert "stopped before the command ended" in capsys.readouterr().err

@@ -25,6 +25,7 @@ FORWARDED = frozenset({"validate", "hook"})
 # Options of the `microbuild` group that take a value (see microbuild.cli.main).
 VALUE_OPTIONS = frozenset({"--state-dir", "-C", "--project", "--host"})
 EXIT_ENVIRONMENT = 3
+ANSWER_TIMEOUT_S = 30.0
 RELAYED = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT)
 
 
@@ -134,11 +135,19 @@ def _await(sock: _socket.socket, state: str) -> int | None:
             except OSError:
                 pass  # it ended already
 
+    sock.settimeout(ANSWER_TIMEOUT_S)  # until the server says it forked a worker
     while True:
         try:
             chunk = sock.recv(4096)
         except InterruptedError:
             continue
+        except TimeoutError:
+            # Not run here instead: the server may still start it, and it would run twice.
+            sys.stderr.write(
+                f"error: the microbuild command server did not answer in {ANSWER_TIMEOUT_S:.0f} "
+                "s; set MICROBUILD_COMMAND_SERVER=0 to bypass it (its log is in the state dir)\n"
+            )
+            return EXIT_ENVIRONMENT
         except OSError:
             chunk = b""
         if not chunk:
@@ -155,6 +164,7 @@ def _await(sock: _socket.socket, state: str) -> int | None:
             word, _, value = line.decode().partition(" ")
             if word == "pid":
                 worker = int(value)
+                sock.settimeout(None)
                 for signum in RELAYED:
                     signal.signal(signum, relay)
             elif word == "exit":
