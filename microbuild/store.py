@@ -450,6 +450,14 @@ class Store:
                 (state, time.time(), sidecar_id),
             )
 
+    def set_sidecar_tree(self, sidecar_id: str, tree: str | None, used_at: float) -> None:
+        """What a sync changes: the tree the sidecar holds, and when it was last used."""
+        with self.transaction() as db:
+            db.execute(
+                "UPDATE sidecars SET tree = ?, last_used_at = ? WHERE id = ?",
+                (tree, used_at, sidecar_id),
+            )
+
     def touch_sidecar(self, sidecar_id: str) -> None:
         with self.transaction() as db:
             db.execute(

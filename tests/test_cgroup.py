@@ -25,7 +25,7 @@ def _v2_mount() -> str | None:
 
 
 def _spawn_counter(group: cg.Cgroup, counter: Path) -> subprocess.Popen[bytes]:
-    files = group.procs_files()
+    files = group.join_files()
 
     def join() -> None:
         for path in files:
@@ -136,3 +136,87 @@ def test_roundtrip_through_json() -> None:
     back = cg.from_json(v2.to_json())
     assert isinstance(back, cg.CgroupV2)
     assert back.path == v2.path and back.controllers == ("memory",)
+
+
+def _v1_root() -> cg.CgroupV1:
+    need_isolation()
+    root = cg.sidecar_root()
+    if not isinstance(root, cg.CgroupV1):
+        pytest.skip("this machine has no cgroup v1 hierarchies")
+    return root
+
+
+def test_join_files_move_a_forked_process_without_the_global_lock(tmp_path: Path) -> None:
+    """On v1 a just-forked process joins through `tasks` (its one thread, which the kernel
+    moves without the lock whose RCU grace period made cgroup.procs writes slow); all of it
+    is then in the cgroup, in every hierarchy."""
+    group = _v1_root().child(f"join-{os.getpid()}")
+    group.create()
+    try:
+        assert all(path.endswith("/tasks") for path in group.join_files())
+        assert all(path.endswith("/cgroup.procs") for path in group.procs_files())
+        proc = _spawn_counter(group, tmp_path / "n")
+        try:
+            time.sleep(0.1)
+            for path in group.procs_files():
+                assert str(proc.pid) in Path(path).read_text().split()
+        finally:
+            proc.kill()
+            proc.wait()
+    finally:
+        group.remove()
+
+
+def test_home_join_files_lead_back_to_this_process_cgroups() -> None:
+    """Each file of the sidecar root's hierarchies has its twin in this process's own cgroup
+    there: where the exec helper goes back to after starting a command."""
+    root = _v1_root()
+    homes = cg.home_join_files(root.join_files())
+    assert len(homes) == len(root.join_files())
+    for join, home in zip(root.join_files(), homes, strict=True):
+        assert Path(home).name == Path(join).name == "tasks"
+        assert str(os.getpid()) in Path(home).parent.joinpath("cgroup.procs").read_text().split()
+    with pytest.raises(cg.CgroupError, match="no cgroup filesystem"):
+        cg.home_join_files(["/tmp/not-a-cgroup/tasks"])
+
+
+def test_remove_kills_what_is_left_and_removes_an_empty_one_at_once(tmp_path: Path) -> None:
+    root = _v1_root()
+    busy = root.child(f"busy-{os.getpid()}", only=("freezer", "memory"))
+    idle = root.child(f"idle-{os.getpid()}", only=("freezer", "memory"))
+    for group in (busy, idle):
+        group.create()
+    proc = _spawn_counter(busy, tmp_path / "n")
+    try:
+        time.sleep(0.1)
+        idle.remove()
+        assert not any(idle.dirs[name].exists() for name in idle.owned)
+        busy.remove()  # its process keeps it busy: killed first, then removed
+        assert proc.wait(5) == -9
+        assert not any(busy.dirs[name].exists() for name in busy.owned)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        for group in (busy, idle):
+            group.remove()
+    root.prune_empty()
+
+
+def test_v2_remove_kills_what_is_left(v2_group: cg.CgroupV2, tmp_path: Path) -> None:
+    child = v2_group.child("busy")
+    child.create()
+    proc = _spawn_counter(child, tmp_path / "n")
+    time.sleep(0.1)
+    child.remove()
+    assert proc.wait(5) == -9
+    assert not child.exists()
+
+
+def test_a_v1_child_needs_a_freezer_of_its_own() -> None:
+    v1 = cg.CgroupV1(
+        {"memory": "/a/m", "pids": "/a/p", "cpu": "/a/c", "cpuacct": "/a/ca", "freezer": "/a/f"}
+    )
+    with pytest.raises(ValueError, match="freezer"):
+        v1.child("x", only=("memory",))
+    assert v1.child("x", only=("freezer", "memory")).owned == ("freezer", "memory")

@@ -33,6 +33,7 @@ import pytest
 from conftest import TINY_CONFIG, need_isolation, write_project
 
 from microbuild.client import Client, HostError
+from microbuild.transport import UnixTransport
 
 pytestmark = pytest.mark.isolation
 
@@ -1150,3 +1151,89 @@ def test_local_host_started_on_first_use_status_and_stop() -> None:
                     os.kill(pid, signal.SIGKILL)
                 wait_for(lambda: not pid_alive(pid), STOP_TIMEOUT_S)
         cleanup_state(state)
+
+
+# -- 9. the local (Unix socket) client: connections kept, and given up ------------------------
+
+
+@pytest.fixture
+def unix_sidecar(unix_host: Host) -> Iterator[str]:
+    with unix_host.client() as client:
+        ident = str(client.create_sidecar(unix_host.snapshot)["id"])
+        yield ident
+        with contextlib.suppress(HostError):
+            client.sidecar_action(ident, "destroy")
+
+
+def _kept(client: Client) -> object:
+    """The connection the client's Unix transport keeps for its next request, if any."""
+    transport = client._http
+    assert isinstance(transport, UnixTransport)
+    return transport._idle[0] if transport._idle else None
+
+
+def test_unix_client_keeps_its_connection_for_the_next_request(
+    unix_host: Host, unix_sidecar: str
+) -> None:
+    with unix_host.client() as c:
+        c.get_sidecar(unix_sidecar)
+        first = _kept(c)
+        assert first is not None
+        c.get_sidecar(unix_sidecar)
+        assert _kept(c) is first
+        # A stream read to its end keeps it too (its last bytes are read for it).
+        assert run(c, unix_sidecar, ["echo", "hi"]).stdout == b"hi\n"
+        assert _kept(c) is not None
+        assert c.sync(unix_sidecar, to_tree="c" * 40, payload=b"")["tree"] == "c" * 40
+
+
+def test_unix_client_retries_on_a_connection_the_host_closed(
+    unix_host: Host, unix_sidecar: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A kept connection that broke (the host closed it, idle) costs a new one, not an error;
+    for a POST too, since the request never went out; one kept too long is not used."""
+    from microbuild import transport
+
+    with unix_host.client() as c:
+        for request in (
+            lambda: c.get_sidecar(unix_sidecar),
+            lambda: c.sync(unix_sidecar, to_tree="d" * 40, payload=b""),
+        ):
+            request()
+            kept = _kept(c)
+            assert isinstance(kept, http.client.HTTPConnection) and kept.sock is not None
+            kept.sock.shutdown(socket.SHUT_RDWR)
+            request()
+            assert _kept(c) is not kept
+        monkeypatch.setattr(transport, "KEEPALIVE_S", 0.0)
+        before = _kept(c)
+        c.get_sidecar(unix_sidecar)
+        assert _kept(c) is not before
+
+
+def test_unix_client_abandoning_a_stream_kills_the_command(
+    unix_host: Host, unix_sidecar: str
+) -> None:
+    marker = ["sleep", "3007"]
+    with unix_host.client() as c:
+        events = c.exec(unix_sidecar, ["sh", "-c", f"echo started; exec {' '.join(marker)}"])
+        assert next(events) == ("stdout", b"started\n")
+        assert wait_for(lambda: bool(processes_with_argv(marker)), 10)
+        events.close()  # the caller stops reading: the connection goes, and the command
+        assert _kept(c) is None
+        assert wait_for(lambda: not processes_with_argv(marker), 5), processes_with_argv(marker)
+        assert run(c, unix_sidecar, ["true"]).exit_code == 0
+
+
+def test_exec_of_a_command_that_closes_its_output_but_runs_on(
+    unix_host: Host, unix_sidecar: str
+) -> None:
+    """Output over within the exec's first moments does not mean the command is: its result
+    comes when it ends."""
+    with unix_host.client() as c:
+        started = time.monotonic()
+        ran = run(c, unix_sidecar, ["sh", "-c", "echo early; exec >&- 2>&-; sleep 0.5; exit 3"])
+        assert (ran.exit_code, ran.stdout) == (3, b"early\n")
+        assert time.monotonic() - started >= 0.5
+        slow = run(c, unix_sidecar, ["sh", "-c", "sleep 0.1; echo late; exit 4"])
+        assert (slow.exit_code, slow.stdout) == (4, b"late\n")

@@ -12,7 +12,8 @@ import pytest
 from conftest import git, need_isolation
 
 from microbuild.config import find_project
-from microbuild.host.manager import SidecarDead, SidecarManager
+from microbuild.host.manager import ApplyFailed, SidecarDead, SidecarManager, TreeMismatch
+from microbuild.runtime import SidecarHandle
 from microbuild.snapshot import SetupFailed, SnapshotError
 
 
@@ -192,3 +193,90 @@ def test_prune_removes_stale_building_records(manager: SidecarManager, tiny_proj
     assert [r.id for r in removed] == ["sn_stale"]
     assert not (snapshots_dir / "sn_stale").exists()
     assert [s.id for s in manager.list_snapshots()] == ["sn_live"]
+
+
+# -- sync: the patch applied inside the sidecar, one record read and one write -----------------
+
+TREE_A = "a" * 40
+TREE_B = "b" * 40
+
+
+def _patch(project: Path, path: str, text: str) -> bytes:
+    """`git diff --binary` of one edit of a tracked file, the file then put back."""
+    target = project / path
+    old = target.read_text()
+    target.write_text(text)
+    try:
+        return git(project, "diff", "--binary").encode()
+    finally:
+        target.write_text(old)
+
+
+def test_sync_applies_a_patch_and_records_the_tree(
+    manager: SidecarManager, tiny_project: Path
+) -> None:
+    project = find_project(tiny_project)
+    sidecar = manager.create_sidecar(project, runtime=_rt(manager))
+    held = sidecar.tree
+    synced = manager.sync(
+        sidecar.id,
+        to_tree=TREE_A,
+        payload=_patch(tiny_project, "src/app.py", "print('synced')\n"),
+        from_tree=held,
+    )
+    assert synced.tree == TREE_A and synced.state == "running"
+    assert manager.get(sidecar.id).tree == TREE_A
+    assert "print('synced')" in _out(manager, sidecar.id, "cat src/app.py")[1]
+    assert manager.changed_since_sync(manager.get(sidecar.id)) == []
+    # An empty patch only moves the tree; one from a tree the sidecar lacks is refused.
+    assert manager.sync(sidecar.id, to_tree=TREE_B, payload=b"", from_tree=TREE_A).tree == TREE_B
+    with pytest.raises(TreeMismatch):
+        manager.sync(sidecar.id, to_tree=TREE_A, payload=b"x", from_tree=TREE_A)
+    assert manager.get(sidecar.id).tree == TREE_B
+
+
+@pytest.mark.parametrize("where", ["..", "/tmp", "link"], ids=["dotdot", "absolute", "symlink"])
+def test_a_hostile_patch_changes_nothing(
+    manager: SidecarManager, tiny_project: Path, where: str, tmp_path: Path
+) -> None:
+    """Paths that leave the workspace (`..`, absolute, through a symlink a command made) are
+    refused whole: not even the harmless part of the patch is applied, the tree stays."""
+    project = find_project(tiny_project)
+    sidecar = manager.create_sidecar(project, runtime=_rt(manager))
+    name = f"outside-{os.getpid()}.txt"
+    target = f"{where}/{name}"
+    outside = tmp_path / "escape"
+    outside.mkdir()
+    _out(manager, sidecar.id, f"ln -s {outside} link")
+    good = _patch(tiny_project, "src/app.py", "print('half')\n")
+    evil = (
+        f"diff --git a/{target} b/{target}\nnew file mode 100644\n--- /dev/null\n"
+        f"+++ b/{target}\n@@ -0,0 +1 @@\n+pwned\n"
+    ).encode()
+    with pytest.raises(ApplyFailed, match="did not apply"):
+        manager.sync(sidecar.id, to_tree=TREE_A, payload=good + evil)
+    assert manager.get(sidecar.id).tree == sidecar.tree
+    assert "print('app')" in _out(manager, sidecar.id, "cat src/app.py")[1]
+    assert not (outside / name).exists()
+    assert _out(manager, sidecar.id, f"cat ../{name} /tmp/{name} 2>/dev/null")[0] != 0
+
+
+def test_sync_of_a_suspended_sidecar_leaves_it_running(
+    manager: SidecarManager, tiny_project: Path
+) -> None:
+    if _rt(manager) != "namespace":
+        pytest.skip("suspension is the namespace runtime's (cgroup freezer)")
+    project = find_project(tiny_project)
+    sidecar = manager.create_sidecar(project, runtime=_rt(manager))
+    manager.suspend(sidecar.id)
+    patch = _patch(tiny_project, "src/app.py", "print('woken')\n")
+    synced = manager.sync(sidecar.id, to_tree=TREE_A, payload=patch)
+    assert synced.state == "running"
+    assert manager.get(sidecar.id).state == "running"
+    record = manager.get(sidecar.id)
+    rt = manager.runtime(record.runtime)
+    assert not rt.is_suspended(SidecarHandle.from_json(record.handle))
+    # An empty patch does not wake it.
+    manager.suspend(sidecar.id)
+    assert manager.sync(sidecar.id, to_tree=TREE_B, payload=b"").state == "suspended"
+    assert manager.get(sidecar.id).state == "suspended"

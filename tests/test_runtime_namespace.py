@@ -11,8 +11,9 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from conftest import need_isolation
 
-from microbuild.runtime import RuntimeError_, SidecarGone, SidecarHandle
+from microbuild.runtime import Limits, RuntimeError_, SidecarGone, SidecarHandle, SidecarSpec
 from microbuild.runtime import cgroup as cg
 from microbuild.runtime.namespace import NamespaceRuntime
 
@@ -413,3 +414,162 @@ def test_host_network_for_one_command(
         assert offline.result().exit_code != 0
     finally:
         listener.close()
+
+
+# -- the zygote's exec helper and the per-command cgroups ---------------------------------------
+
+
+def _helper_pid(rt: NamespaceRuntime, h: SidecarHandle) -> int:
+    entry = rt._helpers.get(h.id)
+    assert entry is not None, "no exec helper was made for the sidecar"
+    return entry[1].pid
+
+
+def _gone(pid: int, timeout: float = 5) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                if f.read().rsplit(")", 1)[1].split()[0] in ("Z", "X"):
+                    return True
+        except FileNotFoundError:
+            return True
+        time.sleep(0.01)
+    return False
+
+
+def _ignored_signals(rt: NamespaceRuntime, h: SidecarHandle) -> int:
+    _code, out = run(rt, h, "grep SigIgn /proc/self/status")
+    return int(out.split()[1], 16)
+
+
+def test_commands_get_default_signal_handling(
+    namespace_runtime: NamespaceRuntime, make_sidecar: SidecarFactory
+) -> None:
+    """SIGINT (ignored by the zygote), SIGPIPE and SIGXFSZ (by Python) are not ignored in a
+    command: `yes | head -1` ends as it does in a shell."""
+    h = make_sidecar()
+    ignored = _ignored_signals(namespace_runtime, h)
+    for sig in (2, 13, 25):  # SIGINT, SIGPIPE, SIGXFSZ
+        assert not ignored & (1 << (sig - 1)), f"signal {sig} is ignored in commands"
+    assert run(namespace_runtime, h, "yes | head -1") == (0, "y\n")  # no "Broken pipe"
+
+
+def test_exec_helper_lives_outside_the_sidecar_and_goes_with_it(
+    state_dir: Path, layer: Path
+) -> None:
+    """The helper that starts commands is not one of the sidecar's processes (limits,
+    accounting and freezer never see it), commands still get the sidecar's namespaces, its
+    cgroup and no dangerous capability, and destroy ends the helper."""
+    need_isolation()
+    rt = NamespaceRuntime(state_dir, zygote=True)
+    try:
+        spec = SidecarSpec(layers=(str(layer),), limits=Limits(256 << 20, 64, 1.0))
+        h = rt.create(f"sc_h{os.getpid()}", spec)
+        code, out = run(rt, h, "cat hello.txt; grep CapBnd /proc/self/status; echo $$")
+        assert code == 0 and "hello from the snapshot" in out
+        bounding = int(out.split("CapBnd:")[1].split()[0], 16)
+        assert not bounding & (1 << 21), "CAP_SYS_ADMIN is in the command's bounding set"
+        helper = _helper_pid(rt, h)
+        group = cg.from_json(h.cgroup or {})
+        assert helper not in group.pids()
+        assert rt.stats(h).processes == 2  # init and its sleep
+        assert os.readlink(f"/proc/{helper}/ns/mnt") == os.readlink(f"/proc/{h.init_pid}/ns/mnt")
+        # Its home is the host's cgroup: in no hierarchy is it under the sidecar's.
+        with open(f"/proc/{helper}/cgroup") as f:
+            assert h.id not in f.read()
+        # The same helper serves the next commands.
+        assert run(rt, h, "true")[0] == 0
+        assert _helper_pid(rt, h) == helper
+        rt.destroy(h)
+        assert _gone(helper)
+        assert h.id not in rt._helpers
+    finally:
+        rt.close()
+
+
+def test_a_killed_exec_helper_is_replaced(state_dir: Path, layer: Path) -> None:
+    need_isolation()
+    rt = NamespaceRuntime(state_dir, zygote=True)
+    try:
+        h = rt.create(f"sc_k{os.getpid()}", SidecarSpec(layers=(str(layer),)))
+        try:
+            assert run(rt, h, "true")[0] == 0
+            first = _helper_pid(rt, h)
+            os.kill(first, 9)
+            assert _gone(first)
+            code, out = run(rt, h, "echo again")
+            assert (code, out.strip()) == (0, "again")
+            assert _helper_pid(rt, h) != first
+        finally:
+            rt.destroy(h)
+    finally:
+        rt.close()
+
+
+def test_exec_helper_ends_when_the_sidecar_dies(state_dir: Path, layer: Path) -> None:
+    """Killed from outside (its init gone), a sidecar's helper does not keep its namespaces
+    and mounts alive."""
+    need_isolation()
+    rt = NamespaceRuntime(state_dir, zygote=True)
+    try:
+        h = rt.create(f"sc_d{os.getpid()}", SidecarSpec(layers=(str(layer),)))
+        try:
+            assert run(rt, h, "true")[0] == 0
+            helper = _helper_pid(rt, h)
+            assert h.init_pid is not None
+            os.kill(h.init_pid, 9)
+            assert _gone(helper)
+        finally:
+            rt.destroy(h)
+    finally:
+        rt.close()
+
+
+def test_concurrent_commands_in_one_sidecar(
+    namespace_runtime: NamespaceRuntime, make_sidecar: SidecarFactory
+) -> None:
+    """Commands started at once (one helper, cgroups from a pool) each get their own status,
+    output and cgroup, and the pool keeps none of their processes."""
+    h = make_sidecar()
+    results: dict[int, tuple[int, str]] = {}
+
+    def one(i: int) -> None:
+        results[i] = run(namespace_runtime, h, f"sleep 0.{i % 3}; echo out{i}; exit {i}")
+
+    threads = [threading.Thread(target=one, args=(i,)) for i in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    assert results == {i: (i, f"out{i}\n") for i in range(8)}
+    group = cg.from_json(h.cgroup or {})
+    assert len(group.pids()) == 2  # init and its sleep: no command left anything behind
+    for child in group.children():
+        assert child.pids() == []
+
+
+def test_a_command_cgroup_is_reused_only_when_empty(
+    namespace_runtime: NamespaceRuntime, make_sidecar: SidecarFactory
+) -> None:
+    h = make_sidecar()
+    group = cg.from_json(h.cgroup or {})
+    assert run(namespace_runtime, h, "true")[0] == 0
+    kept = {c.name for c in group.children()}
+    assert len(kept) == 1
+    # A daemon left behind is killed at the command's end; its cgroup is then reused.
+    assert run(namespace_runtime, h, "setsid sleep 100 </dev/null >/dev/null 2>&1 &")[0] == 0
+    assert {c.name for c in group.children()} == kept
+    assert namespace_runtime.stats(h).processes == 2
+
+
+def test_an_oom_kill_counts_for_its_command_only(
+    namespace_runtime: NamespaceRuntime, make_sidecar: SidecarFactory
+) -> None:
+    """The next command in the same (reused) cgroup is not reported OOM-killed."""
+    h = make_sidecar(memory=96 << 20)
+    hog = "a = []\nwhile True:\n    a.append(bytearray(8 << 20))\n"
+    big, _, _ = namespace_runtime.exec(h, ["python3", "-c", hog], timeout=60).collect()
+    assert big.oom_killed
+    after, _, _ = namespace_runtime.exec(h, ["true"]).collect()
+    assert after.exit_code == 0 and not after.oom_killed

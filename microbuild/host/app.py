@@ -14,6 +14,7 @@ import hmac
 import json
 import os
 import tempfile
+import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
@@ -45,7 +46,14 @@ from microbuild.host.manager import (
     SidecarManager,
     TreeMismatch,
 )
-from microbuild.runtime import ExecResult, Execution, RuntimeError_, RuntimeUnavailable, SidecarGone
+from microbuild.runtime import (
+    ExecResult,
+    Execution,
+    OutputChunk,
+    RuntimeError_,
+    RuntimeUnavailable,
+    SidecarGone,
+)
 from microbuild.snapshot import SnapshotRequest
 from microbuild.store import NotFound, SidecarRecord, SnapshotRecord, StoreError
 
@@ -53,6 +61,10 @@ JSON_BODY_LIMIT = 1 << 20
 SOURCE_BODY_LIMIT = 2 << 30
 NDJSON = "application/x-ndjson"
 IdPath = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_]+$")]
+# An exec request gathers the command's output for up to this long before its response
+# starts: a short command (`true`, a patch applied) is over by then and its whole answer comes
+# out of one thread hop instead of two; a long one's first output waits that much longer.
+EXEC_FIRST_WAIT_S = 0.02
 
 
 # -- models ------------------------------------------------------------------------------------
@@ -655,12 +667,13 @@ def create_app(
     )
     async def exec_(sidecar_id: IdPath, body: ExecRequest) -> StreamingResponse:
         stdin = base64.b64decode(body.stdin, validate=True) if body.stdin else None
-        record = await run(manager.get, sidecar_id)
-        busy = manager.using(record.id)
-        busy.__enter__()
-        try:
-            execution = await run(
-                lambda: manager.exec(
+
+        def start() -> _Started:
+            record = manager.get(sidecar_id)
+            busy = manager.using(record.id)
+            busy.__enter__()
+            try:
+                execution = manager.exec(
                     record.id,
                     body.argv,
                     env=body.env,
@@ -668,11 +681,17 @@ def create_app(
                     timeout=body.timeout_s,
                     stdin=stdin,
                 )
-            )
-        except BaseException:
-            busy.__exit__(None, None, None)
-            raise
-        return StreamingResponse(_exec_stream(execution, busy), media_type=NDJSON)
+            except BaseException:
+                busy.__exit__(None, None, None)
+                raise
+            try:
+                return _Started(execution, busy)
+            except BaseException:
+                execution.kill()
+                busy.__exit__(None, None, None)
+                raise
+
+        return StreamingResponse(_exec_stream(await run(start)), media_type=NDJSON)
 
     @app.get(
         "/v1/sidecars/{sidecar_id}/files/{path:path}",
@@ -711,18 +730,29 @@ def create_app(
         cols: int = 80,
         command: str = "/bin/sh",
     ) -> None:
+        def start() -> tuple[Execution, contextlib.AbstractContextManager[None]]:
+            record = manager.get(sidecar_id)
+            busy = manager.using(record.id)  # an open shell keeps idle suspension away
+            busy.__enter__()
+            try:
+                return manager.exec(record.id, [command, "-i"], pty=True, env={}), busy
+            except BaseException:
+                busy.__exit__(None, None, None)
+                raise
+
         try:
-            execution = await run(
-                lambda: manager.exec(sidecar_id, [command, "-i"], pty=True, env={})
-            )
+            execution, busy = await run(start)
         except (NotFound, RuntimeError_) as exc:
             await websocket.close(
                 code=4404 if isinstance(exc, NotFound) else 4409, reason=str(exc)[:120]
             )
             return
-        await websocket.accept()
-        execution.resize(rows, cols)
-        await _pump_shell(websocket, execution)
+        try:
+            await websocket.accept()
+            execution.resize(rows, cols)
+            await _pump_shell(websocket, execution)
+        finally:
+            busy.__exit__(None, None, None)
 
     from microbuild.host.sync_api import router as sync_router
 
@@ -760,30 +790,77 @@ def _thread_events(
     return stream()
 
 
-async def _exec_stream(
-    execution: Execution, busy: contextlib.AbstractContextManager[None]
-) -> AsyncIterator[bytes]:
-    chunks: Iterator[Any] = execution.chunks()
-    done: Any = object()
+class _Started:
+    """A command just started for an exec request, and what it did in its first moments:
+    a short command is over by then, and its whole answer needs no more thread hops."""
+
+    def __init__(self, execution: Execution, busy: contextlib.AbstractContextManager[None]):
+        self.execution = execution
+        self.release = _once(lambda: busy.__exit__(None, None, None))
+        self.early = list(execution.chunks(until=time.monotonic() + EXEC_FIRST_WAIT_S))
+        self.result: ExecResult | None = None
+        if execution.output_done and execution.proc.poll() is not None:
+            self.result = execution.result()
+            self.release()
+
+
+async def _exec_stream(started: _Started) -> AsyncIterator[bytes]:
+    execution, release = started.execution, started.release
+    chunks: Iterator[OutputChunk] = execution.chunks()
     finished = False
+
+    def step() -> OutputChunk | ExecResult:
+        """The next output, or at the end the result (one thread hop, not two, for the end
+        and none on the event loop for the store's write when the sidecar is idle again)."""
+        chunk = next(chunks, None)
+        if chunk is not None:
+            return chunk
+        result = execution.result()
+        release()
+        return result
+
+    def line(item: OutputChunk | ExecResult) -> bytes:
+        if isinstance(item, ExecResult):
+            event: dict[str, Any] = {"result": ExecResultModel.of(item).model_dump()}
+        else:
+            event = {"stream": item.stream, "data": base64.b64encode(item.data).decode()}
+        return (json.dumps(event) + "\n").encode()
+
     try:
-        while True:
+        for chunk in started.early:
+            yield line(chunk)
+        item: OutputChunk | ExecResult | None = started.result
+        while not isinstance(item, ExecResult):
             # abandon_on_cancel: a client that goes away must not wait for the next output.
-            chunk = await anyio.to_thread.run_sync(next, chunks, done, abandon_on_cancel=True)
-            if chunk is done:
-                break
-            line = {"stream": chunk.stream, "data": base64.b64encode(chunk.data).decode()}
-            yield (json.dumps(line) + "\n").encode()
-        result = await anyio.to_thread.run_sync(execution.result)
+            item = await anyio.to_thread.run_sync(step, abandon_on_cancel=True)
+            if isinstance(item, OutputChunk):
+                yield line(item)
         finished = True
-        yield (json.dumps({"result": ExecResultModel.of(result).model_dump()}) + "\n").encode()
+        yield line(item)
     finally:
         if not finished:
             # The client went away (or the server is stopping): nobody wants the output.
             execution.kill()
             with contextlib.suppress(Exception):
                 await anyio.to_thread.run_sync(execution.result)
-        busy.__exit__(None, None, None)
+        release()
+
+
+def _once(fn: Callable[[], object]) -> Callable[[], None]:
+    """A callable that runs `fn` the first time it is called, from whichever thread, and
+    does nothing after that."""
+    lock = threading.Lock()
+    done = False
+
+    def call() -> None:
+        nonlocal done
+        with lock:
+            if done:
+                return
+            done = True
+        fn()
+
+    return call
 
 
 async def _pump_shell(websocket: WebSocket, execution: Execution) -> None:

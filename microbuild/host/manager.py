@@ -283,7 +283,9 @@ class SidecarManager:
         return [self._checked(r) for r in self.store.list_sidecars(project)]
 
     def _live(self, ident: str) -> tuple[SidecarRecord, Runtime, SidecarHandle]:
-        record = self.get(ident)
+        return self._live_record(self.get(ident))
+
+    def _live_record(self, record: SidecarRecord) -> tuple[SidecarRecord, Runtime, SidecarHandle]:
         if record.state == "dead":
             raise SidecarDead(
                 f"sidecar {record.id} is dead (its processes died); "
@@ -295,8 +297,9 @@ class SidecarManager:
         return record, rt, handle
 
     @contextlib.contextmanager
-    def using(self, sidecar_id: str) -> Iterator[None]:
-        """Marks a sidecar busy (an exec, a file transfer) so idle suspension leaves it alone."""
+    def using(self, sidecar_id: str, *, touch: bool = True) -> Iterator[None]:
+        """Marks a sidecar busy (an exec, a file transfer, a shell) so idle suspension leaves
+        it alone; its last use is recorded at the end (unless the caller records it itself)."""
         with self._lock:
             self._busy[sidecar_id] += 1
         try:
@@ -306,15 +309,24 @@ class SidecarManager:
                 self._busy[sidecar_id] -= 1
                 if self._busy[sidecar_id] <= 0:
                     del self._busy[sidecar_id]
-            self.store.touch_sidecar(sidecar_id)
+            if touch:
+                self.store.touch_sidecar(sidecar_id)
 
     def wake(self, ident: str) -> tuple[SidecarRecord, Runtime, SidecarHandle]:
-        """The live sidecar, resumed if it was suspended: any request to it does this."""
-        record, rt, handle = self._live(ident)
+        """The live sidecar, resumed if it was suspended: any request to it does this.
+
+        A running sidecar's record is left alone: whoever uses it holds `using`, which keeps
+        idle suspension away and records the use when it ends (one write per use, not two)."""
+        return self._wake(self._live(ident))
+
+    def _wake(
+        self, live: tuple[SidecarRecord, Runtime, SidecarHandle]
+    ) -> tuple[SidecarRecord, Runtime, SidecarHandle]:
+        record, rt, handle = live
         if record.state == "suspended":
             rt.resume(handle)
             record.state = "running"
-        self.store.set_sidecar_state(record.id, "running")
+            self.store.set_sidecar_state(record.id, "running")
         return record, rt, handle
 
     def exec(
@@ -330,7 +342,30 @@ class SidecarManager:
         host_network: bool = False,
     ) -> Execution:
         """Run a command; a suspended sidecar is resumed first, transparently."""
-        record, rt, handle = self.wake(ident)
+        return self._exec_in(
+            self.wake(ident),
+            argv,
+            env=env,
+            cwd=cwd,
+            timeout=timeout,
+            stdin=stdin,
+            pty=pty,
+            host_network=host_network,
+        )
+
+    def _exec_in(
+        self,
+        live: tuple[SidecarRecord, Runtime, SidecarHandle],
+        argv: list[str],
+        *,
+        env: Mapping[str, str] | None = None,
+        cwd: str | None = None,
+        timeout: float | None = None,
+        stdin: bytes | None = None,
+        pty: bool = False,
+        host_network: bool = False,
+    ) -> Execution:
+        record, rt, handle = live
         try:
             return rt.exec(
                 handle,
@@ -412,43 +447,57 @@ class SidecarManager:
             record = self.reset(record.id)
         elif record.state == "dead":
             raise SidecarDead(f"sidecar {record.id} is dead; reset it")
-        if kind == "patch":
-            if from_tree is not None and record.tree != from_tree:
-                raise TreeMismatch(
-                    f"sidecar {record.id} holds tree {record.tree}, not {from_tree}; resync"
-                )
-            if payload.strip():
-                self._run_in(
-                    record.id,
-                    ["git", "apply", "--binary", "--whitespace=nowarn", "-"],
-                    payload,
-                    "the patch did not apply",
-                )
-        else:
-            snap = self.store.find_snapshot(record.snapshot_id)
-            base = self.runtime(record.runtime).state_dir / "snapshots" / record.snapshot_id
-            old = snapshot.manifest(base) if snap else []
-            if old:
-                listing = "\0".join(old).encode() + b"\0"
-                self._run_in(
-                    record.id, ["xargs", "-0", "-r", "rm", "-f", "--"], listing, "cleanup failed"
-                )
-            self._run_in(
-                record.id,
-                ["tar", "-x", "--no-same-owner", "-f", "-"],
-                payload,
-                "the archive did not unpack",
+        if kind == "patch" and from_tree is not None and record.tree != from_tree:
+            raise TreeMismatch(
+                f"sidecar {record.id} holds tree {record.tree}, not {from_tree}; resync"
             )
-        rt, handle = self._handle(record)
-        rt.mark_synced(handle)
-        record.tree = to_tree
-        record.last_used_at = time.time()
-        self.store.put_sidecar(record)
+        # The record is read once (above) and written once (below, with the new tree and the
+        # time of this use); it is checked once, here, for the commands that apply the payload.
+        work = kind == "tar" or bool(payload.strip())
+        live = self._live_record(self._checked(record)) if work else None
+        with self.using(record.id, touch=False):
+            try:
+                if live is not None and kind == "patch":
+                    self._run_in(
+                        live,
+                        ["git", "apply", "--binary", "--whitespace=nowarn", "-"],
+                        payload,
+                        "the patch did not apply",
+                    )
+                elif live is not None:
+                    self._unpack(live, payload)
+            except BaseException:
+                self.store.touch_sidecar(record.id)
+                raise
+            rt, handle = self._handle(record)
+            rt.mark_synced(handle)
+            record.tree = to_tree
+            record.last_used_at = time.time()
+            self.store.set_sidecar_tree(record.id, record.tree, record.last_used_at)
         return record
 
-    def _run_in(self, ident: str, argv: list[str], stdin: bytes, what: str) -> None:
-        with self.using(ident):
-            result, out, err = self.exec(ident, argv, stdin=stdin, timeout=600).collect()
+    def _unpack(self, live: tuple[SidecarRecord, Runtime, SidecarHandle], archive: bytes) -> None:
+        """Replace the snapshot's source files (in a fresh layer) with an archive's."""
+        record = live[0]
+        snap = self.store.find_snapshot(record.snapshot_id)
+        base = self.runtime(record.runtime).state_dir / "snapshots" / record.snapshot_id
+        old = snapshot.manifest(base) if snap else []
+        if old:
+            listing = "\0".join(old).encode() + b"\0"
+            self._run_in(live, ["xargs", "-0", "-r", "rm", "-f", "--"], listing, "cleanup failed")
+        self._run_in(
+            live, ["tar", "-x", "--no-same-owner", "-f", "-"], archive, "the archive did not unpack"
+        )
+
+    def _run_in(
+        self,
+        live: tuple[SidecarRecord, Runtime, SidecarHandle],
+        argv: list[str],
+        stdin: bytes,
+        what: str,
+    ) -> None:
+        execution = self._exec_in(self._wake(live), argv, stdin=stdin, timeout=600)
+        result, out, err = execution.collect()
         if result.exit_code != 0:
             detail = (err or out).decode(errors="replace").strip().splitlines()
             raise ApplyFailed(f"{what}: {detail[-1] if detail else f'exit {result.exit_code}'}")

@@ -14,6 +14,7 @@ import stat
 import struct
 import subprocess
 import termios
+import threading
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Mapping
@@ -208,7 +209,9 @@ class Execution:
         self._kill_tree = kill_tree
         self._finish = finish
         self._result: ExecResult | None = None
+        self._result_lock = threading.Lock()
         self.timed_out = False
+        self.output_done = False
 
     def kill(self) -> None:
         """Kill the command and everything it started (e.g. when the client went away)."""
@@ -237,7 +240,9 @@ class Execution:
             if pipe is not None
         ]
 
-    def chunks(self) -> Iterator[OutputChunk]:
+    def chunks(self, until: float | None = None) -> Iterator[OutputChunk]:
+        """The output as it comes, to its end; with `until` (a time.monotonic()), no later
+        than then (`output_done` says whether that was the end)."""
         sel = selectors.DefaultSelector()
         for fd, stream in self._sources():
             os.set_blocking(fd, False)
@@ -248,6 +253,11 @@ class Execution:
                 wait = 0.05
                 if self.deadline is not None:
                     wait = max(0.0, min(wait, self.deadline - time.monotonic()))
+                if until is not None:
+                    left = until - time.monotonic()
+                    if left <= 0:
+                        return
+                    wait = min(wait, left)
                 for key, _ in sel.select(wait):
                     try:
                         data = os.read(key.fd, 65536)
@@ -271,22 +281,26 @@ class Execution:
                     # The main process is gone but something it started still holds the pipes.
                     leftovers_killed = True
                     self._kill_tree()
+            self.output_done = True
         finally:
             sel.close()
 
     def result(self) -> ExecResult:
-        if self._result is None:
-            for _ in self.chunks():
-                pass
-            status = self.proc.wait()
-            for pipe in (self.proc.stdout, self.proc.stderr, self.proc.stdin):
-                if pipe is not None:
-                    pipe.close()
-            if self.pty_master is not None:
-                os.close(self.pty_master)
-                self.pty_master = None
-            self._result = self._finish(status, self.timed_out)
-        return self._result
+        """Wait for the end (draining output nobody read) and clean up, once: a second
+        caller, from any thread, gets the same result."""
+        with self._result_lock:
+            if self._result is None:
+                for _ in self.chunks():
+                    pass
+                status = self.proc.wait()
+                for pipe in (self.proc.stdout, self.proc.stderr, self.proc.stdin):
+                    if pipe is not None:
+                        pipe.close()
+                if self.pty_master is not None:
+                    os.close(self.pty_master)
+                    self.pty_master = None
+                self._result = self._finish(status, self.timed_out)
+            return self._result
 
     def collect(self) -> tuple[ExecResult, bytes, bytes]:
         """Run to the end and return the result with the whole stdout and stderr."""

@@ -31,14 +31,25 @@ class Limits:
     cpus: float | None
 
 
-def _write(path: Path, value: str) -> None:
-    with open(path, "w") as f:
-        f.write(value)
+# Plain os calls, not open(): control files are read and written several times per command,
+# and a text file object costs more than the kernel's side of it.
+def _write(path: Path | str, value: str) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
+    try:
+        os.write(fd, value.encode())
+    finally:
+        os.close(fd)
 
 
-def _read(path: Path) -> str:
-    with open(path) as f:
-        return f.read()
+def _read(path: Path | str) -> str:
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        chunks = []
+        while chunk := os.read(fd, 1 << 16):
+            chunks.append(chunk)
+    finally:
+        os.close(fd)
+    return b"".join(chunks).decode()
 
 
 def _wait_until(predicate: object, timeout: float, what: str) -> None:
@@ -116,8 +127,10 @@ class Cgroup(ABC):
     def set_limits(self, limits: Limits) -> None: ...
 
     @abstractmethod
-    def procs_files(self) -> list[str]:
-        """Files a process writes "0" into to join this cgroup (safe between fork and exec)."""
+    def join_files(self) -> list[str]:
+        """Files a just-forked, single-threaded process writes "0" into to join this cgroup
+        (safe between fork and exec). Not for a process with threads: on v1 they are the
+        `tasks` files, which move only the calling thread."""
 
     @abstractmethod
     def pids(self) -> list[int]:
@@ -144,7 +157,12 @@ class Cgroup(ABC):
     @abstractmethod
     def _remove_dirs(self) -> None: ...
 
+    @abstractmethod
+    def procs_files(self) -> list[str]:
+        """The `cgroup.procs` files: writing a pid into them moves its whole process."""
+
     def join(self) -> None:
+        """Move this whole process (all its threads) into the cgroup."""
         for path in self.procs_files():
             _write(Path(path), "0")
 
@@ -164,9 +182,29 @@ class Cgroup(ABC):
 
     def remove(self) -> None:
         """Kill what is left, then remove the cgroup's directories, children first."""
+        if self._remove_if_empty():
+            return
         if self.exists() and self.pids():
             self.kill_all()
         self._remove_dirs()
+
+    def _remove_if_empty(self) -> bool:
+        """The common case in one rmdir per directory, without listing or reading anything:
+        True if the cgroup had neither processes nor children and is gone. The kernel refuses
+        (EBUSY) to remove a cgroup with either, and the freezer, which kills what is left,
+        is always removed last."""
+        for path in self._dirs_freezer_last():
+            try:
+                path.rmdir()
+            except FileNotFoundError:
+                continue
+            except OSError:
+                return False
+        return True
+
+    @abstractmethod
+    def _dirs_freezer_last(self) -> list[Path]:
+        """This cgroup's own directories, the one that freezes its processes last."""
 
 
 class CgroupV1(Cgroup):
@@ -185,6 +223,9 @@ class CgroupV1(Cgroup):
         }
 
     def child(self, name: str, only: tuple[str, ...] | None = None) -> CgroupV1:
+        if only is not None and "freezer" not in only:
+            # Without a freezer of its own, freezing or killing it would hit its parent's.
+            raise ValueError("a v1 child cgroup needs a freezer of its own")
         owned = tuple(self.dirs) if only is None else only
         dirs = {k: str(v / name if k in owned else v) for k, v in self.dirs.items()}
         return CgroupV1(dirs, owned)
@@ -237,6 +278,12 @@ class CgroupV1(Cgroup):
     def procs_files(self) -> list[str]:
         return [str(path / "cgroup.procs") for path in self.dirs.values()]
 
+    def join_files(self) -> list[str]:
+        # `tasks`, not `cgroup.procs`: writing "0" there moves only the calling thread, which
+        # the kernel does without taking its global threadgroup lock for writing; through
+        # cgroup.procs each command waited for that lock's RCU grace period (~5 ms, up to 20).
+        return [str(path / "tasks") for path in self.dirs.values()]
+
     def pids(self) -> list[int]:
         return _tree_pids(self.dirs["freezer"])
 
@@ -258,10 +305,11 @@ class CgroupV1(Cgroup):
         return int(_read(self.dirs["memory"] / "memory.usage_in_bytes"))
 
     def oom_kills(self) -> int:
-        control = self.dirs["memory"] / "memory.oom_control"
-        if not control.exists():
+        try:
+            text = _read(self.dirs["memory"] / "memory.oom_control")
+        except FileNotFoundError:
             return 0
-        for line in _read(control).splitlines():
+        for line in text.splitlines():
             key, _, value = line.partition(" ")
             if key == "oom_kill":
                 return int(value)
@@ -270,6 +318,9 @@ class CgroupV1(Cgroup):
     def _remove_dirs(self) -> None:
         for name in self.owned:
             _remove_cgroup_tree(self.dirs[name])
+
+    def _dirs_freezer_last(self) -> list[Path]:
+        return sorted((self.dirs[n] for n in self.owned), key=lambda p: p == self.dirs["freezer"])
 
 
 class CgroupV2(Cgroup):
@@ -320,6 +371,10 @@ class CgroupV2(Cgroup):
     def procs_files(self) -> list[str]:
         return [str(self.path / "cgroup.procs")]
 
+    def join_files(self) -> list[str]:
+        # cgroup.threads cannot cross resource domains; a process joins through cgroup.procs.
+        return self.procs_files()
+
     def pids(self) -> list[int]:
         return _tree_pids(self.path)
 
@@ -357,10 +412,11 @@ class CgroupV2(Cgroup):
         return int(_read(current)) if current.exists() else 0
 
     def oom_kills(self) -> int:
-        events = self.path / "memory.events"
-        if not events.exists():
+        try:
+            text = _read(self.path / "memory.events")
+        except FileNotFoundError:
             return 0
-        for line in _read(events).splitlines():
+        for line in text.splitlines():
             key, _, value = line.partition(" ")
             if key == "oom_kill":
                 return int(value)
@@ -368,6 +424,9 @@ class CgroupV2(Cgroup):
 
     def _remove_dirs(self) -> None:
         _remove_cgroup_tree(self.path)
+
+    def _dirs_freezer_last(self) -> list[Path]:
+        return [self.path]
 
 
 def from_json(data: dict[str, object]) -> Cgroup:
@@ -407,6 +466,29 @@ def _own_cgroups() -> dict[str, str]:
             for name in controllers.split(","):
                 own[name] = path
     return own
+
+
+def home_join_files(join_files: list[str]) -> list[str]:
+    """For each of `join_files` (of any cgroup), the same file of the cgroup this process is
+    in, in that file's hierarchy: where a process that visits other cgroups goes back to."""
+    mounts = sorted(_mounts(), key=lambda m: len(m[0]), reverse=True)
+    own = _own_cgroups()
+    homes = []
+    for path in join_files:
+        for point, fstype, opts in mounts:
+            if not path.startswith(point.rstrip("/") + "/"):
+                continue
+            if fstype == "cgroup2":
+                key: str | None = ""
+            else:
+                key = next((o for o in opts if o in own), None)
+            if key is None or key not in own:
+                raise CgroupError(f"no cgroup of this process in the hierarchy of {path}")
+            homes.append(os.path.join(point, own[key].lstrip("/"), os.path.basename(path)))
+            break
+        else:
+            raise CgroupError(f"{path} is on no cgroup filesystem")
+    return homes
 
 
 def sidecar_root(prefer: str | None = None, scope: str | None = None) -> Cgroup:

@@ -33,6 +33,7 @@ MS_SLAVE = 1 << 19
 
 MNT_DETACH = 2
 
+PR_SET_PDEATHSIG = 1
 PR_CAPBSET_DROP = 24
 PR_SET_NO_NEW_PRIVS = 38
 
@@ -144,6 +145,11 @@ def drop_capabilities(last_cap: int) -> None:
         if cap not in KEPT_CAPABILITIES:
             _check(_libc.prctl(PR_CAPBSET_DROP, cap, 0, 0, 0), f"prctl(CAPBSET_DROP {cap})")
     _check(_libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0), "prctl(NO_NEW_PRIVS)")
+
+
+def set_parent_death_signal(sig: int) -> None:
+    """Have the kernel send `sig` to this process when the thread that forked it exits."""
+    _check(_libc.prctl(PR_SET_PDEATHSIG, sig, 0, 0, 0), "prctl(PDEATHSIG)")
 
 
 def last_capability() -> int:

@@ -3,7 +3,10 @@
 A sidecar is an overlayfs writable layer over its snapshot's layers and a skeleton root into
 which the host's system directories are bind-mounted read-only. Its init process (a tiny shell
 loop that reaps orphans) holds the mount, pid, ipc, uts and (unless the network is shared) net
-namespaces alive between commands; commands join them with setns and a fork.
+namespaces alive between commands; commands join them with setns and a fork, or, through the
+zygote, are started by the sidecar's exec helper, which joined them once (see zygote.py).
+Each command runs in a child cgroup of the sidecar's (freezer and memory), which kills its
+whole tree at its end; those are kept empty between commands and reused.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ import stat
 import subprocess
 import sys
 import termios
+import threading
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -41,7 +45,7 @@ from microbuild.runtime.base import (
     exit_code_of,
     remove_tree,
 )
-from microbuild.runtime.zygote import Zygote, ZygoteProcess
+from microbuild.runtime.zygote import HelperGone, SidecarHelper, Zygote, ZygoteProcess
 
 HOST_SYSTEM_DIRS = ("usr", "bin", "sbin", "lib", "lib32", "lib64", "libx32", "etc", "opt")
 SKELETON_DIRS = ("proc", "sys", "dev", "tmp", "root", "home", "run", "mnt", "var/tmp", "workspace")
@@ -61,6 +65,9 @@ NAMESPACES = ("ipc", "uts", "net", "pid", "mnt")
 # pid 1 of a sidecar: the shell's `wait` reaps every child, orphans included.
 INIT_SCRIPT = "while :; do sleep 2147483647 & wait; done"
 OVERLAY_OPTIONS = "index=off,xino=off,redirect_dir=off,metacopy=off"
+# Empty per-command cgroups kept per sidecar for its next commands (more only when that many
+# commands ran at once).
+IDLE_EXEC_GROUPS = 4
 
 
 @functools.cache
@@ -94,10 +101,99 @@ class NamespaceRuntime(Runtime):
         self._last_cap = linux.last_capability()
         self._exec_seq = 0
         self._layouts: dict[tuple[object, ...], tuple[str, list[tuple[str, str]]]] = {}
+        # Exec helpers (see zygote.py), per sidecar id, with the (pid, start) of the init
+        # they were made for: a reset sidecar keeps its id but not its init.
+        self._helpers: dict[str, tuple[tuple[int, int], SidecarHelper]] = {}
+        self._helpers_lock = threading.Lock()
+        # Empty per-command cgroups for the next commands, per sidecar (id, init pid, start).
+        self._exec_groups: dict[tuple[str, int | None, int | None], list[cg.Cgroup]] = {}
+        self._exec_groups_lock = threading.Lock()
 
     def close(self) -> None:
+        with self._helpers_lock:
+            helpers = [helper for _key, helper in self._helpers.values()]
+            self._helpers.clear()
+        for helper in helpers:
+            helper.close()
         if self._zygote is not None:
             self._zygote.close()
+
+    def _helper(self, handle: SidecarHandle) -> SidecarHelper | None:
+        """The sidecar's exec helper, made on first use; None where there can be none."""
+        if self._zygote is None or handle.init_pid is None or handle.init_start is None:
+            return None
+        if not hasattr(os, "pidfd_open"):
+            return None
+        key = (handle.init_pid, handle.init_start)
+        stale = None
+        with self._helpers_lock:
+            entry = self._helpers.get(handle.id)
+            if entry is not None and entry[0] == key and entry[1].alive():
+                return entry[1]
+            if entry is not None:
+                stale = self._helpers.pop(handle.id)[1]
+            helper = self._zygote.helper(
+                init_pid=handle.init_pid,
+                init_start=handle.init_start,
+                join_files=self._group(handle).join_files(),
+                last_cap=self._last_cap,
+                namespaces=list(NAMESPACES),
+            )
+            self._helpers[handle.id] = (key, helper)
+        if stale is not None:
+            stale.close()
+        return helper
+
+    def _take_exec_group(self, handle: SidecarHandle, group: cg.Cgroup) -> cg.Cgroup:
+        """An empty cgroup for one command under the sidecar's: from the pool, or made now.
+
+        Only the freezer (to kill the tree) and memory (to attribute OOM kills) need one per
+        command; limits and accounting stay on the sidecar's own cgroup. Reusing them saves
+        two mkdirs and two rmdirs per command, and each removed memory cgroup that had
+        charged pages (files a command wrote) lingered in the kernel as a dying one."""
+        key = (handle.id, handle.init_pid, handle.init_start)
+        while True:
+            with self._exec_groups_lock:
+                idle = self._exec_groups.get(key)
+                exec_group = idle.pop() if idle else None
+            if exec_group is None:
+                break
+            if exec_group.exists():
+                return exec_group
+        self._exec_seq += 1
+        exec_group = group.child(
+            f"x{os.getpid()}-{self._exec_seq}-{time.monotonic_ns()}", only=("freezer", "memory")
+        )
+        exec_group.create()
+        return exec_group
+
+    def _give_back_exec_group(self, handle: SidecarHandle, exec_group: cg.Cgroup) -> None:
+        """Once its command is over: kill whatever it left behind (the whole tree ends with
+        the command), then keep the empty cgroup for the next one, or remove it."""
+        with contextlib.suppress(cg.CgroupError, OSError):
+            if exec_group.pids():
+                exec_group.kill_all()
+            if not exec_group.pids() and not exec_group.is_frozen():
+                key = (handle.id, handle.init_pid, handle.init_start)
+                with self._exec_groups_lock:
+                    idle = self._exec_groups.setdefault(key, [])
+                    if len(idle) < IDLE_EXEC_GROUPS:
+                        idle.append(exec_group)
+                        return
+        with contextlib.suppress(cg.CgroupError, OSError):
+            exec_group.remove()
+
+    def _forget_exec_groups(self, sidecar_id: str) -> None:
+        """The pool's cgroups of a sidecar about to go: removed with the sidecar's cgroup."""
+        with self._exec_groups_lock:
+            for key in [k for k in self._exec_groups if k[0] == sidecar_id]:
+                del self._exec_groups[key]
+
+    def _drop_helper(self, sidecar_id: str) -> None:
+        with self._helpers_lock:
+            entry = self._helpers.pop(sidecar_id, None)
+        if entry is not None:
+            entry[1].close()
 
     # -- layout ------------------------------------------------------------------------------
 
@@ -205,7 +301,7 @@ class NamespaceRuntime(Runtime):
                 str(sdir / "root"),
                 overlay,
                 binds,
-                group.procs_files(),
+                group.join_files(),
                 spec.network,
                 spec.tmp_size,
             )
@@ -246,10 +342,12 @@ class NamespaceRuntime(Runtime):
         self._group(handle).thaw()
 
     def destroy(self, handle: SidecarHandle) -> None:
+        self._forget_exec_groups(handle.id)
         group = self._group(handle) if handle.cgroup else None
         if group is not None and group.exists():
             with contextlib.suppress(OSError):
                 group.thaw()
+        self._drop_helper(handle.id)  # thawed first: it may be inside, mid-request
         if self.is_alive(handle):
             assert handle.init_pid is not None
             with contextlib.suppress(ProcessLookupError):
@@ -308,6 +406,7 @@ class NamespaceRuntime(Runtime):
         group = self._group(handle)
         with contextlib.suppress(OSError):
             group.thaw()
+        self._drop_helper(handle.id)
         group.kill_all()
 
     # -- exec --------------------------------------------------------------------------------
@@ -335,14 +434,9 @@ class NamespaceRuntime(Runtime):
             workdir = f"{WORKSPACE}/{workdir}"
         if not os.path.isdir(f"/proc/{pid}/root{workdir}"):
             raise RuntimeError_(f"no directory {workdir} in sidecar {handle.id}")
-        self._exec_seq += 1
-        # Only the freezer (to kill the tree) and memory (to attribute OOM kills) need a child
-        # cgroup per command; limits and accounting stay on the sidecar's own cgroup.
-        exec_group = group.child(
-            f"x{os.getpid()}-{self._exec_seq}-{time.monotonic_ns()}", only=("freezer", "memory")
-        )
-        exec_group.create()
+        exec_group = self._take_exec_group(handle, group)
         full_env = self.sidecar_env(handle, env)
+        exec_oom_before = exec_group.oom_kills()
         oom_before = group.oom_kills()
         cpu_before = group.cpu_usage_s()
         master, slave = os.openpty() if pty else (None, None)
@@ -354,8 +448,7 @@ class NamespaceRuntime(Runtime):
         try:
             proc = start(handle, pid, exec_group, workdir, argv, full_env, stdin, slave, namespaces)
         except BaseException as exc:
-            with contextlib.suppress(cg.CgroupError, OSError):
-                exec_group.remove()
+            self._give_back_exec_group(handle, exec_group)
             if master is not None:
                 os.close(master)
             if isinstance(exc, (subprocess.SubprocessError, OSError)):
@@ -374,19 +467,27 @@ class NamespaceRuntime(Runtime):
             with contextlib.suppress(BrokenPipeError):
                 proc.stdin.close()
         started = time.monotonic()
+        # The command's cgroup goes back to the pool at the end, for another command: from
+        # then on, killing "this command's tree" must not touch it.
+        owned = threading.Lock()
+        released = False
 
         def kill_tree() -> None:
-            with contextlib.suppress(cg.CgroupError, OSError):
-                exec_group.kill_all()
+            with owned:
+                if not released:
+                    with contextlib.suppress(cg.CgroupError, OSError):
+                        exec_group.kill_all()
 
         def finish(status: int, timed_out: bool) -> ExecResult:
+            nonlocal released
             oom = False
             cpu = None
             with contextlib.suppress(OSError, ValueError):
                 # v1 counts an OOM kill in the victim's own cgroup, v2 also in its ancestors.
-                oom = exec_group.oom_kills() > 0 or group.oom_kills() > oom_before
-            with contextlib.suppress(cg.CgroupError, OSError):
-                exec_group.remove()
+                oom = exec_group.oom_kills() > exec_oom_before or group.oom_kills() > oom_before
+            with owned:
+                released = True
+                self._give_back_exec_group(handle, exec_group)
             code, sig = exit_code_of(status)
             with contextlib.suppress(OSError, ValueError):
                 cpu = group.cpu_usage_s() - cpu_before
@@ -415,7 +516,7 @@ class NamespaceRuntime(Runtime):
     ) -> ProcessLike:
         ns_fds = [os.open(f"/proc/{pid}/ns/{ns}", os.O_RDONLY | os.O_CLOEXEC) for ns in namespaces]
         preexec = _enter_sidecar(
-            exec_group.procs_files(),
+            exec_group.join_files(),
             ns_fds,
             workdir,
             self._last_cap,
@@ -481,19 +582,28 @@ class NamespaceRuntime(Runtime):
                 theirs.extend((stdin_r, out_w, err_w))
                 ours.extend((out_r, err_r))
                 child_fds = (stdin_r, out_w, err_w)
-            middle, status_fd = self._zygote.exec(
-                init_pid=pid,
-                procs_files=exec_group.procs_files(),
-                workdir=workdir,
-                last_cap=self._last_cap,
-                argv=argv,
-                env=full_env,
-                stdin=child_fds[0],
-                stdout=child_fds[1],
-                stderr=child_fds[2],
-                tty=slave is not None,
-                namespaces=namespaces,
-            )
+            started = None
+            if slave is None and tuple(namespaces) == NAMESPACES:
+                started = self._spawn_via_helper(
+                    handle, exec_group, workdir, argv, full_env, child_fds
+                )
+            if started is not None:
+                (middle, status_fd), exit_fd = started, None
+            else:
+                # A terminal or the host's network: a middle process of its own.
+                middle, status_fd, exit_fd = self._zygote.exec(
+                    init_pid=pid,
+                    join_files=exec_group.join_files(),
+                    workdir=workdir,
+                    last_cap=self._last_cap,
+                    argv=argv,
+                    env=full_env,
+                    stdin=child_fds[0],
+                    stdout=child_fds[1],
+                    stderr=child_fds[2],
+                    tty=slave is not None,
+                    namespaces=namespaces,
+                )
         except BaseException:
             for fd in ours:
                 os.close(fd)
@@ -507,7 +617,42 @@ class NamespaceRuntime(Runtime):
             stdin=os.fdopen(stdin_w, "wb") if stdin_w is not None else None,
             stdout=os.fdopen(out_r, "rb") if out_r is not None else None,
             stderr=os.fdopen(err_r, "rb") if err_r is not None else None,
+            exit_fd=exit_fd,
         )
+
+    def _spawn_via_helper(
+        self,
+        handle: SidecarHandle,
+        exec_group: cg.Cgroup,
+        workdir: str,
+        argv: list[str],
+        full_env: dict[str, str],
+        child_fds: tuple[int, int, int],
+    ) -> tuple[int, int] | None:
+        """(pid, status fd) of the command started by the sidecar's exec helper; None when
+        there is no helper to be had (the caller then forks a middle process)."""
+        for _attempt in (1, 2):
+            try:
+                helper = self._helper(handle)
+            except RuntimeError_:
+                return None
+            if helper is None:
+                return None
+            try:
+                return helper.spawn(
+                    join_files=exec_group.join_files(),
+                    workdir=workdir,
+                    argv=argv,
+                    env=full_env,
+                    stdin=child_fds[0],
+                    stdout=child_fds[1],
+                    stderr=child_fds[2],
+                )
+            except HelperGone as exc:
+                self._drop_helper(handle.id)
+                if not exc.retry:
+                    raise  # it may have started the command: never run that twice
+        return None
 
     # -- recovery ----------------------------------------------------------------------------
 
@@ -546,7 +691,7 @@ def spawn_init(
     root: str,
     overlay: str,
     binds: list[tuple[str, str]],
-    procs_files: list[str],
+    join_files: list[str],
     network: str,
     tmp_size: int,
 ) -> int:
@@ -562,7 +707,7 @@ def spawn_init(
         code = 1
         try:
             os.close(read_end)
-            for path in procs_files:
+            for path in join_files:
                 fd = os.open(path, os.O_WRONLY)
                 os.write(fd, b"0")
                 os.close(fd)
@@ -603,7 +748,7 @@ def spawn_init(
 
 
 def _enter_sidecar(
-    procs_files: list[str],
+    join_files: list[str],
     ns_fds: list[int],
     workdir: str,
     last_cap: int,
@@ -613,7 +758,7 @@ def _enter_sidecar(
     so that the command is born inside the sidecar's pid namespace."""
 
     def preexec() -> None:
-        for path in procs_files:
+        for path in join_files:
             fd = os.open(path, os.O_WRONLY)
             os.write(fd, b"0")
             os.close(fd)

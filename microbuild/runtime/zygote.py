@@ -6,10 +6,22 @@ interpreter. The zygote is a fresh interpreter without site-packages that import
 runtime; the host sends it requests (JSON plus file descriptors, over a SOCK_SEQPACKET pair)
 and it does the forking: the sidecar's init, and commands, whose exit status comes back on a
 pipe of their own.
+
+Even a bare interpreter's fork is costly (on a small VM a fork of the zygote, its
+copy-on-write faults and its exit took ~3.5 ms per command, posix_spawn of the command itself
+0.8 ms), so most commands do not fork one: the zygote forks, once per sidecar, an *exec
+helper* that joins the sidecar's namespaces
+and shrinks its capability bounding set for good, and that starts each command with
+posix_spawn (vfork, no copy). It lives in the host's cgroups and visits the command's cgroup
+only while it starts it (on cgroup v1 through the `tasks` files, which need no global lock),
+so the sidecar's accounting, limits and freezer never see it. It reaps its commands and writes
+their wait status on their status pipes, as the per-command middle process does for commands
+with a terminal or the host's network, which still fork one.
 """
 
 from __future__ import annotations
 
+import array  # noqa: F401 - socket.send_fds/recv_fds import it lazily; the helper may not
 import contextlib
 import errno
 import fcntl
@@ -25,14 +37,30 @@ import threading
 from pathlib import Path
 from typing import IO, Any
 
+from microbuild.runtime import cgroup as cg
 from microbuild.runtime import linux
 from microbuild.runtime.base import RuntimeError_
 
 MAX_MESSAGE = 1 << 20
+# Signals this process ignores (SIGINT: the zygote's own; SIGPIPE, SIGXFSZ: Python's), which a
+# command must get with their default action, as subprocess's restore_signals gives them.
+RESTORED_SIGNALS = (signal.SIGINT, signal.SIGPIPE, signal.SIGXFSZ)
+# How long the host waits, once a command's status is in, for the process that reported it to
+# exit (it exits right after writing): past this, the cgroup's removal kills it like any other.
+EXIT_WAIT_MS = 1000
 
 
 class ZygoteError(RuntimeError_):
     """The zygote died or refused a request."""
+
+
+class HelperGone(ZygoteError):
+    """A sidecar's exec helper is gone. `retry`: it was gone before it got the request, so
+    nothing was started and the request may go to a new helper."""
+
+    def __init__(self, message: str, retry: bool) -> None:
+        super().__init__(message)
+        self.retry = retry
 
 
 class ZygoteProcess:
@@ -46,6 +74,7 @@ class ZygoteProcess:
         stdin: IO[bytes] | None,
         stdout: IO[bytes] | None,
         stderr: IO[bytes] | None,
+        exit_fd: int | None = None,
     ) -> None:
         self.pid = pid
         self.stdin = stdin
@@ -54,6 +83,27 @@ class ZygoteProcess:
         self.returncode: int | None = None
         self._status = os.fdopen(status_fd, "rb", buffering=0)
         self._buffer = b""
+        self._exit_fd = exit_fd
+
+    def _await_exit(self) -> None:
+        """Wait (briefly: it has nothing left to do) for the middle process, which wrote the
+        status just before exiting, to be gone: until then it still counts as a process of
+        the command's cgroup, and removing that would have to kill and wait for it."""
+        if self._exit_fd is None:
+            return
+        try:
+            poller = select.poll()
+            poller.register(self._exit_fd, select.POLLIN)
+            poller.poll(EXIT_WAIT_MS)
+        finally:
+            os.close(self._exit_fd)
+            self._exit_fd = None
+
+    def __del__(self) -> None:
+        # Normally closed by `wait`; this is for an execution dropped before its end.
+        if getattr(self, "_exit_fd", None) is not None:
+            with contextlib.suppress(OSError):
+                os.close(self._exit_fd)  # type: ignore[arg-type]
 
     def _collect(self, block: bool) -> int | None:
         if self.returncode is not None:
@@ -72,6 +122,7 @@ class ZygoteProcess:
             if self._buffer.endswith(b"\n"):
                 break  # the status is written whole, in one write, ending with a newline
         self._status.close()
+        self._await_exit()
         text = self._buffer.decode().strip()
         # No status at all: the middle process was killed with the command's tree.
         status = int(text) if text else signal.SIGKILL
@@ -122,14 +173,16 @@ class Zygote:
                 self._proc.wait()
                 self._proc = None
 
-    def _call(self, request: dict[str, Any], fds: list[int]) -> dict[str, Any]:
+    def _call(self, request: dict[str, Any], fds: list[int]) -> tuple[dict[str, Any], list[int]]:
+        """Send a request; returns the answer and the descriptors that came with it (the
+        caller's to close)."""
         payload = json.dumps(request).encode()
         with self._lock:
             for attempt in (1, 2):
                 sock = self._sock or self._start()
                 try:
                     socket.send_fds(sock, [payload], fds)
-                    reply = sock.recv(MAX_MESSAGE)
+                    reply, got, _flags, _addr = socket.recv_fds(sock, MAX_MESSAGE, 1)
                     if not reply:
                         raise ConnectionResetError("the zygote closed its socket")
                     break
@@ -143,8 +196,10 @@ class Zygote:
                         raise ZygoteError(f"the sidecar zygote failed: {exc}") from exc
         answer: dict[str, Any] = json.loads(reply)
         if "error" in answer:
+            for fd in got:
+                os.close(fd)
             raise RuntimeError_(answer["error"])
-        return answer
+        return answer, got
 
     def spawn_init(
         self,
@@ -152,24 +207,26 @@ class Zygote:
         root: str,
         overlay: str,
         binds: list[tuple[str, str]],
-        procs_files: list[str],
+        join_files: list[str],
         network: str,
         tmp_size: int,
     ) -> int:
-        answer = self._call(
+        answer, got = self._call(
             {
                 "op": "init",
-                "args": [sidecar_id, root, overlay, binds, procs_files, network, tmp_size],
+                "args": [sidecar_id, root, overlay, binds, join_files, network, tmp_size],
             },
             [],
         )
+        for fd in got:
+            os.close(fd)
         return int(answer["pid"])
 
     def exec(
         self,
         *,
         init_pid: int,
-        procs_files: list[str],
+        join_files: list[str],
         workdir: str,
         last_cap: int,
         argv: list[str],
@@ -179,15 +236,16 @@ class Zygote:
         stderr: int,
         tty: bool,
         namespaces: list[str],
-    ) -> tuple[int, int]:
-        """Start a command in the sidecar; returns (pid, fd that yields its wait status)."""
+    ) -> tuple[int, int, int | None]:
+        """Start a command in the sidecar; returns (pid, fd that yields its wait status, pidfd
+        of the process that reports it, or None on kernels without pidfds)."""
         status_r, status_w = os.pipe()
         try:
-            answer = self._call(
+            answer, got = self._call(
                 {
                     "op": "exec",
                     "init_pid": init_pid,
-                    "procs_files": procs_files,
+                    "join_files": join_files,
                     "workdir": workdir,
                     "last_cap": last_cap,
                     "argv": argv,
@@ -202,7 +260,121 @@ class Zygote:
             raise
         finally:
             os.close(status_w)
+        return int(answer["pid"]), status_r, (got[0] if got else None)
+
+    def helper(
+        self,
+        *,
+        init_pid: int,
+        init_start: int | None,
+        join_files: list[str],
+        last_cap: int,
+        namespaces: list[str],
+    ) -> SidecarHelper:
+        """Fork an exec helper for the sidecar whose init is `init_pid` (see the module doc).
+        `join_files` are any of the sidecar's cgroup join files: the helper's way home, in
+        the same hierarchies, is found from them."""
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        try:
+            answer, got = self._call(
+                {
+                    "op": "helper",
+                    "init_pid": init_pid,
+                    "init_start": init_start,
+                    "join_files": join_files,
+                    "last_cap": last_cap,
+                    "namespaces": namespaces,
+                },
+                [theirs.fileno()],
+            )
+        except BaseException:
+            ours.close()
+            raise
+        finally:
+            theirs.close()
+        if not got:
+            ours.close()
+            raise ZygoteError("the zygote sent no pidfd for the exec helper")
+        return SidecarHelper(ours, int(answer["pid"]), got[0])
+
+
+class SidecarHelper:
+    """The host's end of one sidecar's exec helper. Thread-safe: one request at a time."""
+
+    def __init__(self, sock: socket.socket, pid: int, pidfd: int) -> None:
+        self.pid = pid
+        self._sock = sock
+        self._pidfd: int | None = pidfd
+        self._lock = threading.Lock()
+
+    def spawn(
+        self,
+        *,
+        join_files: list[str],
+        workdir: str,
+        argv: list[str],
+        env: dict[str, str],
+        stdin: int,
+        stdout: int,
+        stderr: int,
+    ) -> tuple[int, int]:
+        """Start a command in the cgroup of `join_files`; returns (its pid, or 0 when it could
+        not start, and the fd that yields its wait status)."""
+        joins: list[int] = []
+        status_r, status_w = os.pipe()
+        try:
+            for path in join_files:
+                joins.append(os.open(path, os.O_WRONLY | os.O_CLOEXEC))
+            payload = json.dumps({"op": "exec", "workdir": workdir, "argv": argv, "env": env})
+            with self._lock:
+                try:
+                    socket.send_fds(
+                        self._sock, [payload.encode()], [stdin, stdout, stderr, status_w, *joins]
+                    )
+                except OSError as exc:
+                    raise HelperGone(f"the sidecar's exec helper is gone: {exc}", True) from exc
+                try:
+                    reply = self._sock.recv(MAX_MESSAGE)
+                except OSError as exc:
+                    reply = b""
+                    error = str(exc)
+                else:
+                    error = "it closed its socket"
+            if not reply:
+                raise HelperGone(f"the sidecar's exec helper died on a request: {error}", False)
+            answer: dict[str, Any] = json.loads(reply)
+            if "error" in answer:
+                raise RuntimeError_(answer["error"])
+        except BaseException:
+            os.close(status_r)
+            raise
+        finally:
+            os.close(status_w)
+            for fd in joins:
+                os.close(fd)
         return int(answer["pid"]), status_r
+
+    def alive(self) -> bool:
+        if self._pidfd is None:
+            return False
+        return not select.select([self._pidfd], [], [], 0)[0]
+
+    def close(self, timeout: float = 5.0) -> None:
+        """End the helper and wait for it to be gone (it holds the sidecar's mount namespace,
+        so the sidecar's mounts outlive it until then). A request waiting for it (on a helper
+        frozen with its sidecar mid-request) gets an end-of-file now, not when it thaws."""
+        with contextlib.suppress(OSError):
+            self._sock.shutdown(socket.SHUT_RDWR)
+        pidfd, self._pidfd = self._pidfd, None
+        if pidfd is not None:
+            try:
+                with contextlib.suppress(OSError):
+                    signal.pidfd_send_signal(pidfd, signal.SIGKILL)
+                select.select([pidfd], [], [], timeout)
+            finally:
+                os.close(pidfd)
+        with self._lock:
+            self._sock.close()
 
 
 # -- the zygote process --------------------------------------------------------------------
@@ -227,6 +399,7 @@ def serve(fd: int) -> None:  # pragma: no cover - runs in the helper process
             # Received descriptors are inheritable: the command must get only its 0, 1 and 2,
             # never the status pipe (whose end-of-file tells the host the command is done).
             os.set_inheritable(passed, False)
+        sent: list[int] = []
         try:
             request = json.loads(data)
             if request["op"] == "init":
@@ -234,7 +407,17 @@ def serve(fd: int) -> None:  # pragma: no cover - runs in the helper process
 
                 reply: dict[str, Any] = {"pid": spawn_init(*request["args"])}
             elif request["op"] == "exec":
-                reply = {"pid": _start_command(request, fds, sock)}
+                middle = _start_command(request, fds, sock)
+                reply = {"pid": middle}
+                # A pidfd of the middle process, opened while it is our unreaped child (so
+                # it cannot be another process): the host waits on it for the middle to be
+                # gone from the command's cgroup before removing that.
+                with contextlib.suppress(OSError, AttributeError):
+                    sent.append(os.pidfd_open(middle))
+            elif request["op"] == "helper":
+                helper = _start_helper(request, fds, sock)
+                reply = {"pid": helper}
+                sent.append(os.pidfd_open(helper))
             else:
                 reply = {"error": f"unknown op {request['op']!r}"}
         except Exception as exc:  # every failure goes back to the host as a message
@@ -243,7 +426,11 @@ def serve(fd: int) -> None:  # pragma: no cover - runs in the helper process
             for passed in fds:
                 with contextlib.suppress(OSError):
                     os.close(passed)
-        sock.send(json.dumps(reply).encode())
+        try:
+            socket.send_fds(sock, [json.dumps(reply).encode()], sent)
+        finally:
+            for fd in sent:
+                os.close(fd)
 
 
 def _reap() -> None:  # pragma: no cover - runs in the helper process
@@ -279,7 +466,7 @@ def _start_command(
     code = 1
     try:
         sock.close()
-        for path in request["procs_files"]:
+        for path in request["join_files"]:
             cg_fd = os.open(path, os.O_WRONLY)
             os.write(cg_fd, b"0")
             os.close(cg_fd)
@@ -316,11 +503,20 @@ def _spawn_command(
     """posix_spawn (vfork-fast) instead of forking this interpreter once more. What the command
     inherits is set up here first: working directory, capability bounding set, no_new_privs.
     Returns the pid, or minus the exit code when it could not start (message on stderr)."""
+    linux.drop_capabilities(int(request["last_cap"]))
+    return _posix_spawn(request, stdin, stdout, stderr)
+
+
+def _posix_spawn(
+    request: dict[str, Any], stdin: int, stdout: int, stderr: int
+) -> int:  # pragma: no cover - runs in the middle process and in exec helpers
+    """Start `argv` in `workdir` with posix_spawn: the pid, or minus the exit code when it
+    could not start (the message on its stderr). The caller's capability bounding set and
+    no_new_privs are the command's."""
     try:
         os.chdir(request["workdir"])
     except OSError:
         os.chdir("/")
-    linux.drop_capabilities(int(request["last_cap"]))
     argv = request["argv"]
     env = request["env"]
     path = _which(argv[0], env.get("PATH", ""))
@@ -338,10 +534,146 @@ def _spawn_command(
                 (os.POSIX_SPAWN_DUP2, stderr, 2),
             ],
             setsid=True,
+            # Ignored here, so ignored in the command unless reset (as subprocess does).
+            setsigdef=RESTORED_SIGNALS,
         )
     except OSError as exc:
         os.write(stderr, f"microbuild: cannot run {argv[0]}: {exc.strerror}\n".encode())
         return -126
+
+
+def _start_helper(
+    request: dict[str, Any], fds: list[int], sock: socket.socket
+) -> int:  # pragma: no cover - runs in the zygote, then in the helper
+    """Fork an exec helper on the socket end in `fds`; returns its pid."""
+    (helper_sock,) = fds
+    parent = os.getpid()
+    pid = os.fork()
+    if pid:
+        return pid
+    code = 1
+    try:
+        sock.close()
+        code = _serve_helper(request, helper_sock, parent)
+    except BaseException as exc:
+        with contextlib.suppress(Exception):
+            os.write(2, f"microbuild exec helper: {exc}\n".encode())
+    finally:
+        os._exit(code)
+
+
+def _serve_helper(
+    request: dict[str, Any], fd: int, parent: int
+) -> int:  # pragma: no cover - runs in the exec helper
+    """Join the sidecar for good, then start commands until the host closes the socket, the
+    zygote dies or the sidecar's init does."""
+    linux.set_parent_death_signal(signal.SIGKILL)
+    if os.getppid() != parent:
+        return 0  # the zygote died before the line above
+    sock = socket.socket(fileno=fd)
+    # Everything from /proc and the host's cgroup filesystem is opened now: after setns the
+    # helper sees only the sidecar's files.
+    homes = [
+        os.open(path, os.O_WRONLY | os.O_CLOEXEC)
+        for path in cg.home_join_files(request["join_files"])
+    ]
+    init_pid = int(request["init_pid"])
+    init_fd = os.pidfd_open(init_pid)
+    if linux.process_start_time(init_pid) != request["init_start"]:
+        return 1  # that pid is not (any more) the sidecar's init
+    ns_fds = [
+        os.open(f"/proc/{init_pid}/ns/{ns}", os.O_RDONLY | os.O_CLOEXEC)
+        for ns in request["namespaces"]
+    ]
+    # No module may be imported from here on: the paths it would be found at are the
+    # sidecar's, writable by its commands, and this process keeps its capabilities.
+    sys.meta_path.clear()
+    sys.path_hooks.clear()
+    sys.path.clear()
+    sys.path_importer_cache.clear()
+    for ns_fd in ns_fds:
+        linux.setns(ns_fd, 0)
+        os.close(ns_fd)
+    os.chdir("/")
+    linux.drop_capabilities(int(request["last_cap"]))
+    children: dict[int, tuple[int, int]] = {}  # pidfd -> (pid, status fd)
+    poller = select.poll()
+    poller.register(sock.fileno(), select.POLLIN)
+    poller.register(init_fd, select.POLLIN)
+    while True:
+        for ready, _events in poller.poll():
+            if ready == init_fd:
+                return 0  # the sidecar is gone, and its pid namespace's processes with it
+            if ready == sock.fileno():
+                try:
+                    data, passed, _flags, _addr = socket.recv_fds(sock, MAX_MESSAGE, 16)
+                except OSError:
+                    return 0
+                if not data:
+                    return 0  # the host closed its end
+                started = _helper_exec(data, passed, homes, sock)
+                if started is not None:
+                    pidfd, pid, status_w = started
+                    children[pidfd] = (pid, status_w)
+                    poller.register(pidfd, select.POLLIN)
+            elif ready in children:
+                pid, status_w = children.pop(ready)
+                poller.unregister(ready)
+                os.close(ready)
+                _, status = os.waitpid(pid, 0)
+                with contextlib.suppress(OSError):
+                    os.write(status_w, f"{status}\n".encode())
+                os.close(status_w)
+
+
+def _helper_exec(
+    data: bytes, passed: list[int], homes: list[int], sock: socket.socket
+) -> tuple[int, int, int] | None:  # pragma: no cover - runs in the exec helper
+    """One request: start the command, answer with its pid; (pidfd, pid, status fd) to wait
+    on, or None when nothing was started."""
+    for fd in passed:
+        os.set_inheritable(fd, False)
+    keep: int | None = None
+    try:
+        if len(passed) < 4:
+            raise ZygoteError("an exec request needs stdin, stdout, stderr and a status pipe")
+        stdin, stdout, stderr, status_w = passed[:4]
+        joins = passed[4:]
+        request = json.loads(data)
+        try:
+            for join in joins:
+                os.write(join, b"0")
+            pid = _posix_spawn(request, stdin, stdout, stderr)
+        finally:
+            try:
+                for home in homes:
+                    os.write(home, b"0")
+            except OSError:
+                # Stuck in the command's cgroup, the helper would die with it: rather now.
+                os._exit(1)
+            os.chdir("/")
+        if pid < 0:
+            os.write(status_w, f"{-pid << 8}\n".encode())  # exit code as a wait status
+            reply: dict[str, Any] = {"pid": 0}
+        else:
+            try:
+                pidfd = os.pidfd_open(pid)  # our unreaped child: it cannot be another process
+            except OSError:
+                os.kill(pid, signal.SIGKILL)
+                os.waitpid(pid, 0)
+                raise
+            keep = status_w
+            reply = {"pid": pid}
+    except Exception as exc:  # every failure goes back to the host as a message
+        reply = {"error": str(exc) or type(exc).__name__}
+    for fd in passed:
+        if fd != keep:
+            os.close(fd)
+    with contextlib.suppress(OSError):  # a host gone away finds out from the status pipe
+        sock.send(json.dumps(reply).encode())
+    if keep is None:
+        return None
+    return pidfd, reply["pid"], keep
 
 
 def _which(name: str, path: str) -> str | None:  # pragma: no cover - runs in the middle process
@@ -369,6 +701,8 @@ def _become_command(
             os.chdir("/")
         os.closerange(3, 65536)
         linux.drop_capabilities(int(request["last_cap"]))
+        for sig in RESTORED_SIGNALS:
+            signal.signal(sig, signal.SIG_DFL)
         argv = request["argv"]
         env = request["env"]
         try:
