@@ -66,7 +66,26 @@ def state_dir() -> Iterator[Path]:
     yield path
     stop_command_servers(path)
     stop_local_host(path)
+    destroy_sidecars(path)
     shutil.rmtree(path, ignore_errors=True)
+
+
+def destroy_sidecars(state: Path) -> None:
+    """Destroy what sidecars the store of `state` still has (a host leaves its sidecars
+    running for the next one; with the state dir gone there is no next one)."""
+    if not (state / "state.db").exists():
+        return
+    from microbuild.host.manager import SidecarManager
+
+    manager = SidecarManager(state)
+    try:
+        for record in manager.store.list_sidecars():
+            try:
+                manager.destroy(record.id)
+            except Exception as exc:  # keep going: the others still need destroying
+                print(f"destroying {record.id} in {state} failed: {exc}")
+    finally:
+        manager.close()
 
 
 def stop_command_servers(state: Path) -> None:
