@@ -343,12 +343,11 @@ def destroy_leftovers(state: Path, errors: list[str]) -> None:
         return
     manager = SidecarManager(state)
     try:
-        for record in manager.store.list_sidecars():
-            try:
-                manager.destroy(record.id)
-                errors.append(f"sidecar {record.id} was still there; destroyed it")
-            except Exception as exc:
-                errors.append(f"destroying leftover {record.id} failed: {exc}")
+        for ident, exc in manager.destroy_all():
+            if exc is None:
+                errors.append(f"sidecar {ident} was still there; destroyed it")
+            else:
+                errors.append(f"destroying leftover {ident} failed: {exc}")
     finally:
         manager.close()
 

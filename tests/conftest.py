@@ -79,11 +79,9 @@ def destroy_sidecars(state: Path) -> None:
 
     manager = SidecarManager(state)
     try:
-        for record in manager.store.list_sidecars():
-            try:
-                manager.destroy(record.id)
-            except Exception as exc:  # keep going: the others still need destroying
-                print(f"destroying {record.id} in {state} failed: {exc}")
+        for ident, exc in manager.destroy_all():
+            if exc is not None:
+                print(f"destroying {ident} in {state} failed: {exc}")
     finally:
         manager.close()
 

@@ -142,6 +142,17 @@ def test_destroy_and_prune(manager: SidecarManager, tiny_project: Path, state_di
     assert manager.list_snapshots() == []
 
 
+def test_destroy_all_leaves_no_sidecar(
+    manager: SidecarManager, tiny_project: Path, state_dir: Path
+) -> None:
+    project = find_project(tiny_project)
+    made = [manager.create_sidecar(project, runtime=_rt(manager)) for _ in range(2)]
+    assert sorted(manager.destroy_all()) == sorted((s.id, None) for s in made)
+    assert manager.store.list_sidecars() == []
+    assert not any((state_dir / "sidecars" / s.id).exists() for s in made)
+    assert manager.destroy_all() == []
+
+
 def test_failing_setup_names_command_and_output(manager: SidecarManager, tmp_path: Path) -> None:
     from conftest import write_project
 

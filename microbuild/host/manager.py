@@ -426,6 +426,18 @@ class SidecarManager:
         self.store.delete_sidecar(record.id)
         return record
 
+    def destroy_all(self) -> list[tuple[str, Exception | None]]:
+        """Destroy every sidecar the store still has (what a host leaves for the next one,
+        when there will be no next one): each id with the error that kept it, if any."""
+        outcome: list[tuple[str, Exception | None]] = []
+        for record in self.store.list_sidecars():
+            try:
+                self.destroy(record.id)
+                outcome.append((record.id, None))
+            except Exception as exc:  # the others still need destroying
+                outcome.append((record.id, exc))
+        return outcome
+
     def sync(
         self,
         ident: str,
