@@ -367,8 +367,9 @@ def _restage_changed(
     changed = watcher.changes_since(since)
     if changed is None:
         return None
-    present = [p for p in changed if os.path.lexists(root / p)]
-    gone = [p for p in changed if p not in set(present)]
+    exists = {p: os.path.lexists(root / p) for p in changed}
+    present = [p for p in changed if exists[p]]
+    gone = [p for p in changed if not exists[p]]
     quiet = {**env, "LC_ALL": "C"}
     try:
         if present:
