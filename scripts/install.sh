@@ -17,6 +17,8 @@ python3 -c 'import ensurepip, venv' >/dev/null 2>&1 || need_apt+=("python3-venv"
 # util-linux gives nsenter/unshare for debugging sidecars; procps gives ps inside them.
 command -v unshare >/dev/null 2>&1 || need_apt+=(util-linux)
 command -v ps >/dev/null 2>&1 || need_apt+=(procps)
+# libseccomp builds the sidecars' seccomp filter (through the pyseccomp binding).
+ldconfig -p 2>/dev/null | grep 'libseccomp\.so\.2' >/dev/null || need_apt+=(libseccomp2)
 # Developers' benchmarks compare sync against rsync.
 if [ -n "$extras" ]; then command -v rsync >/dev/null 2>&1 || need_apt+=(rsync); fi
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import errno
 import fcntl
 import os
 import socket
@@ -36,20 +37,24 @@ MNT_DETACH = 2
 PR_SET_PDEATHSIG = 1
 PR_CAPBSET_DROP = 24
 PR_SET_NO_NEW_PRIVS = 38
+PR_SET_SECCOMP = 22
+SECCOMP_MODE_FILTER = 2
+KEYCTL_JOIN_SESSION_KEYRING = 1
 
 SIOCGIFFLAGS = 0x8913
 SIOCSIFFLAGS = 0x8914
 IFF_UP = 0x1
 
 # Capabilities a sidecar process keeps: the set container engines grant by default, less MKNOD
-# (a device node in the workspace would be a door for the host's file API). Everything else
-# (SYS_ADMIN above all: no remounting the read-only host) is dropped from the bounding set.
+# (a device node in the workspace would be a door for the host's file API), FSETID and SETFCAP
+# (setuid files and file capabilities in a layer are doors for the host's other users).
+# Everything else (SYS_ADMIN above all: no remounting the read-only host) is dropped from the
+# bounding set.
 KEPT_CAPABILITIES = frozenset(
     {
         0,  # CHOWN
         1,  # DAC_OVERRIDE
         3,  # FOWNER
-        4,  # FSETID
         5,  # KILL
         6,  # SETGID
         7,  # SETUID
@@ -58,7 +63,6 @@ KEPT_CAPABILITIES = frozenset(
         13,  # NET_RAW
         18,  # SYS_CHROOT
         29,  # AUDIT_WRITE
-        31,  # SETFCAP
     }
 )
 
@@ -83,6 +87,9 @@ _libc.prctl.argtypes = [
 ]
 _libc.syscall.restype = ctypes.c_long
 
+_SYS_KEYCTL = {"x86_64": 250, "aarch64": 219, "riscv64": 219, "ppc64le": 271, "s390x": 280}.get(
+    os.uname().machine, 250
+)
 _SYS_PIVOT_ROOT = {"x86_64": 155, "aarch64": 41, "riscv64": 41, "ppc64le": 203, "s390x": 217}.get(
     os.uname().machine, 155
 )
@@ -145,6 +152,41 @@ def drop_capabilities(last_cap: int) -> None:
         if cap not in KEPT_CAPABILITIES:
             _check(_libc.prctl(PR_CAPBSET_DROP, cap, 0, 0, 0), f"prctl(CAPBSET_DROP {cap})")
     _check(_libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0), "prctl(NO_NEW_PRIVS)")
+
+
+class _SockFprog(ctypes.Structure):
+    _fields_ = (("len", ctypes.c_ushort), ("filter", ctypes.c_void_p))
+
+
+def join_session_keyring() -> None:
+    """Give this process (and what it starts) a new anonymous session keyring, so that it
+    never holds the host's session keys. A kernel without keyrings has none to leak."""
+    if _libc.syscall(_SYS_KEYCTL, KEYCTL_JOIN_SESSION_KEYRING, None) < 0:
+        err = ctypes.get_errno()
+        if err != errno.ENOSYS:
+            raise OSError(err, f"keyctl(JOIN_SESSION_KEYRING): {os.strerror(err)}")
+
+
+def install_seccomp(program: bytes) -> None:
+    """Install a seccomp filter (raw struct sock_filter[], see seccomp.py) for this process
+    and everything it starts. Needs no_new_privs first (drop_capabilities sets it)."""
+    if not program:
+        return
+    buffer = ctypes.create_string_buffer(program, len(program))
+    fprog = _SockFprog(len(program) // 8, ctypes.addressof(buffer))
+    _check(
+        _libc.prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, ctypes.addressof(fprog), 0, 0),
+        "prctl(SET_SECCOMP)",
+    )
+
+
+def confine(last_cap: int, program: bytes) -> None:
+    """What every sidecar command gets just before it is started, in this order: a session
+    keyring of its own, the capability bounding set and no_new_privs, the seccomp filter
+    (last: it refuses keyctl)."""
+    join_session_keyring()
+    drop_capabilities(last_cap)
+    install_seccomp(program)
 
 
 def set_parent_death_signal(sig: int) -> None:

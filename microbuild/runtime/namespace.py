@@ -28,7 +28,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 
 from microbuild.runtime import cgroup as cg
-from microbuild.runtime import linux
+from microbuild.runtime import linux, seccomp
 from microbuild.runtime.base import (
     DEFAULT_PATH,
     WORKSPACE,
@@ -45,6 +45,7 @@ from microbuild.runtime.base import (
     exit_code_of,
     remove_tree,
 )
+from microbuild.runtime.layers import secure_state_dir, strip_privileged_bits
 from microbuild.runtime.zygote import HelperGone, SidecarHelper, Zygote, ZygoteProcess
 
 HOST_SYSTEM_DIRS = ("usr", "bin", "sbin", "lib", "lib32", "lib64", "libx32", "etc", "opt")
@@ -92,6 +93,9 @@ class NamespaceRuntime(Runtime):
                 f"state dir {state_dir} contains ',' or ':', which overlayfs cannot take; "
                 "set MICROBUILD_STATE_DIR to another path"
             )
+        secure_state_dir(state_dir)
+        # Raw BPF, built once: every command gets it (see seccomp.py, linux.confine).
+        self._seccomp = seccomp.program()
         # Each state dir gets its own cgroup subtree, so that two hosts never touch each other's.
         scope = hashlib.sha256(str(state_dir.resolve()).encode()).hexdigest()[:10]
         try:
@@ -138,6 +142,7 @@ class NamespaceRuntime(Runtime):
                 join_files=self._group(handle).join_files(),
                 last_cap=self._last_cap,
                 namespaces=list(NAMESPACES),
+                seccomp=self._seccomp,
             )
             self._helpers[handle.id] = (key, helper)
         if stale is not None:
@@ -393,6 +398,7 @@ class NamespaceRuntime(Runtime):
         upper = Path(handle.dir) / "upper"
         self._kill_processes(handle)
         _wait_gone(handle.init_pid, handle.init_start)
+        strip_privileged_bits(upper)
         for scratch in ("tmp", "var/tmp", "run", "dev", "proc", "sys", "root/.cache/pip"):
             path = upper / scratch
             if path.is_dir() and not path.is_symlink():
@@ -520,6 +526,7 @@ class NamespaceRuntime(Runtime):
             ns_fds,
             workdir,
             self._last_cap,
+            self._seccomp,
             controlling_tty=slave is not None,
         )
 
@@ -596,6 +603,7 @@ class NamespaceRuntime(Runtime):
                     join_files=exec_group.join_files(),
                     workdir=workdir,
                     last_cap=self._last_cap,
+                    seccomp=self._seccomp,
                     argv=argv,
                     env=full_env,
                     stdin=child_fds[0],
@@ -752,10 +760,11 @@ def _enter_sidecar(
     ns_fds: list[int],
     workdir: str,
     last_cap: int,
+    seccomp_program: bytes,
     controlling_tty: bool = False,
 ) -> Callable[[], None]:
     """The code run between fork and exec: join the cgroup and namespaces, then fork once more
-    so that the command is born inside the sidecar's pid namespace."""
+    so that the command is born inside the sidecar's pid namespace, confined (linux.confine)."""
 
     def preexec() -> None:
         for path in join_files:
@@ -789,7 +798,7 @@ def _enter_sidecar(
             os.chdir(workdir)
         except OSError:
             os.chdir("/")
-        linux.drop_capabilities(last_cap)
+        linux.confine(last_cap, seccomp_program)
 
     return preexec
 
@@ -805,7 +814,8 @@ def _become_init(
 ) -> None:  # pragma: no cover - runs as pid 1 of the new namespaces
     os.setsid()
     linux.mount(None, "/", None, linux.MS_REC | linux.MS_PRIVATE)
-    linux.mount("overlay", root, "overlay", 0, overlay)
+    # nosuid: a setuid file or file capability written in a layer grants nothing inside.
+    linux.mount("overlay", root, "overlay", linux.MS_NOSUID | linux.MS_NODEV, overlay)
     for host, inside in binds:
         linux.bind_readonly(host, root + inside)
     for path in MASKED_FILES:

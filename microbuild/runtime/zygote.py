@@ -229,6 +229,7 @@ class Zygote:
         join_files: list[str],
         workdir: str,
         last_cap: int,
+        seccomp: bytes,
         argv: list[str],
         env: dict[str, str],
         stdin: int,
@@ -248,6 +249,7 @@ class Zygote:
                     "join_files": join_files,
                     "workdir": workdir,
                     "last_cap": last_cap,
+                    "seccomp": seccomp.hex(),
                     "argv": argv,
                     "env": env,
                     "tty": tty,
@@ -270,6 +272,7 @@ class Zygote:
         join_files: list[str],
         last_cap: int,
         namespaces: list[str],
+        seccomp: bytes,
     ) -> SidecarHelper:
         """Fork an exec helper for the sidecar whose init is `init_pid` (see the module doc).
         `join_files` are any of the sidecar's cgroup join files: the helper's way home, in
@@ -284,6 +287,7 @@ class Zygote:
                     "join_files": join_files,
                     "last_cap": last_cap,
                     "namespaces": namespaces,
+                    "seccomp": seccomp.hex(),
                 },
                 [theirs.fileno()],
             )
@@ -503,7 +507,7 @@ def _spawn_command(
     """posix_spawn (vfork-fast) instead of forking this interpreter once more. What the command
     inherits is set up here first: working directory, capability bounding set, no_new_privs.
     Returns the pid, or minus the exit code when it could not start (message on stderr)."""
-    linux.drop_capabilities(int(request["last_cap"]))
+    linux.confine(int(request["last_cap"]), bytes.fromhex(request["seccomp"]))
     return _posix_spawn(request, stdin, stdout, stderr)
 
 
@@ -578,6 +582,7 @@ def _serve_helper(
         for path in cg.home_join_files(request["join_files"])
     ]
     init_pid = int(request["init_pid"])
+    seccomp_program = bytes.fromhex(request["seccomp"])
     init_fd = os.pidfd_open(init_pid)
     if linux.process_start_time(init_pid) != request["init_start"]:
         return 1  # that pid is not (any more) the sidecar's init
@@ -595,7 +600,9 @@ def _serve_helper(
         linux.setns(ns_fd, 0)
         os.close(ns_fd)
     os.chdir("/")
-    linux.drop_capabilities(int(request["last_cap"]))
+    # Its commands inherit this (posix_spawn has no hook to run code between fork and exec):
+    # one session keyring per sidecar; the filter keeps them from using it anyway.
+    linux.confine(int(request["last_cap"]), seccomp_program)
     children: dict[int, tuple[int, int]] = {}  # pidfd -> (pid, status fd)
     poller = select.poll()
     poller.register(sock.fileno(), select.POLLIN)
@@ -700,9 +707,9 @@ def _become_command(
         except OSError:
             os.chdir("/")
         os.closerange(3, 65536)
-        linux.drop_capabilities(int(request["last_cap"]))
         for sig in RESTORED_SIGNALS:
             signal.signal(sig, signal.SIG_DFL)
+        linux.confine(int(request["last_cap"]), bytes.fromhex(request["seccomp"]))
         argv = request["argv"]
         env = request["env"]
         try:
