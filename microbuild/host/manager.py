@@ -31,6 +31,7 @@ from microbuild.runtime import (
     resolve_runtime_name,
 )
 from microbuild.runtime import cgroup as cg
+from microbuild.runtime.layers import secure_state_dir
 from microbuild.store import SidecarRecord, SnapshotRecord, Store, default_state_dir
 
 if TYPE_CHECKING:
@@ -82,7 +83,7 @@ class SidecarManager:
         zygote: bool = False,
     ) -> None:
         self.state_dir = state_dir or default_state_dir()
-        self.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        secure_state_dir(self.state_dir)
         self.store = Store(self.state_dir / "state.db")
         self.default_runtime = default_runtime
         self.admission = admission or Admission()

@@ -1,0 +1,65 @@
+"""Fixtures for the attack tests: the runtime as a host runs it (zygote and exec helpers), on
+a state dir that starts out readable by everyone, as one made by hand or an old version is."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+from conftest import need_isolation
+
+from microbuild.runtime import Limits, SidecarHandle, SidecarSpec
+from microbuild.runtime.namespace import NamespaceRuntime
+
+Run = Callable[..., tuple[int, str]]
+
+
+@pytest.fixture
+def open_state_dir(state_dir: Path) -> Path:
+    """The state dir and its usual subdirectories, 0755 before the runtime starts."""
+    for sub in ("snapshots", "sidecars", "runs", "skeletons"):
+        (state_dir / sub).mkdir(mode=0o755)
+        (state_dir / sub).chmod(0o755)
+    state_dir.chmod(0o755)
+    return state_dir
+
+
+@pytest.fixture
+def runtime(open_state_dir: Path) -> Iterator[NamespaceRuntime]:
+    need_isolation()
+    rt = NamespaceRuntime(open_state_dir, zygote=True)
+    yield rt
+    rt.close()
+
+
+@pytest.fixture
+def sidecar(runtime: NamespaceRuntime, layer: Path) -> Iterator[Callable[..., SidecarHandle]]:
+    made: list[SidecarHandle] = []
+
+    def make(
+        memory: int = 512 << 20, pids: int = 256, cpus: float | None = 1.0, network: str = "none"
+    ) -> SidecarHandle:
+        spec = SidecarSpec(
+            layers=(str(layer),),
+            network=network,  # type: ignore[arg-type]
+            limits=Limits(memory=memory, pids=pids, cpus=cpus),
+        )
+        handle = runtime.create(f"sc_s{os.getpid()}x{len(made)}", spec)
+        made.append(handle)
+        return handle
+
+    yield make
+    for handle in made:
+        runtime.destroy(handle)
+
+
+def sh(rt: NamespaceRuntime, h: SidecarHandle, script: str, timeout: float = 30) -> tuple[int, str]:
+    result, out, err = rt.exec(h, ["/bin/sh", "-c", script], timeout=timeout).collect()
+    return result.exit_code, (out + err).decode()
+
+
+def py(rt: NamespaceRuntime, h: SidecarHandle, code: str, timeout: float = 30) -> tuple[int, str]:
+    result, out, err = rt.exec(h, ["python3", "-c", code], timeout=timeout).collect()
+    return result.exit_code, (out + err).decode()
