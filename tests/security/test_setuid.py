@@ -12,7 +12,6 @@ from pathlib import Path
 import pytest
 
 from microbuild.runtime import SidecarHandle
-from microbuild.runtime.layers import StateDirUnsafe, secure_state_dir, strip_privileged_bits
 from microbuild.runtime.namespace import NamespaceRuntime
 
 from .conftest import py, sh
@@ -122,6 +121,8 @@ def test_frozen_layer_keeps_no_setuid_file_or_capability(
 
 
 def test_strip_privileged_bits_never_follows_symlinks(tmp_path: Path) -> None:
+    from microbuild.runtime.layers import strip_privileged_bits
+
     outside = tmp_path / "outside"
     outside.write_text("")
     outside.chmod(0o4755)
@@ -145,6 +146,8 @@ def test_state_dir_is_private_after_start(open_state_dir: Path) -> None:
 
 
 def test_state_dir_of_another_user_is_refused(tmp_path: Path) -> None:
+    from microbuild.runtime.layers import StateDirUnsafe, secure_state_dir
+
     theirs = tmp_path / "theirs"
     theirs.mkdir()
     os.chown(theirs, NOBODY, NOBODY)
