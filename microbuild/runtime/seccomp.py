@@ -17,6 +17,7 @@ install those bytes with one prctl (linux.install_seccomp).
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 import tempfile
@@ -142,6 +143,9 @@ def _exported(machine: str) -> bytes:
             f"{OPT_OUT_ENV}=off to run sidecars without it"
         ) from exc
     flt: Any = sc.SyscallFilter(sc.ALLOW)
+    # A binary tree of system call numbers, not a linear scan of ~70 (libseccomp >= 2.5).
+    with contextlib.suppress(OSError, RuntimeError, ValueError):
+        flt.set_attr(sc.Attr.CTL_OPTIMIZE, 2)
     # 32-bit and x32 entry points reach the same kernel: without them, int 0x80 would get
     # past every rule (and, left to libseccomp's default, a 32-bit binary would be killed).
     if machine == "x86_64":

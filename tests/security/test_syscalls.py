@@ -8,10 +8,13 @@ import ctypes
 import json
 import os
 import platform
+import sys
 import uuid
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
+from conftest import need_isolation
 
 from microbuild.runtime import SidecarHandle
 from microbuild.runtime.namespace import NamespaceRuntime
@@ -149,3 +152,22 @@ def test_a_command_gets_a_session_keyring_of_its_own() -> None:
         before, after = pipe.read().split()
     os.waitpid(pid, 0)
     assert int(after) > 0 and after != before
+
+
+def test_without_libseccomp_the_runtime_refuses_unless_opted_out(
+    state_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    need_isolation()
+    from microbuild.runtime import RuntimeUnavailable, seccomp
+
+    seccomp._exported.cache_clear()
+    monkeypatch.setitem(sys.modules, "pyseccomp", None)  # import now raises ImportError
+    try:
+        with pytest.raises(RuntimeUnavailable, match="seccomp filter") as refused:
+            NamespaceRuntime(state_dir)
+        assert "\n" not in str(refused.value) and "MICROBUILD_SECCOMP=off" in str(refused.value)
+        monkeypatch.setenv("MICROBUILD_SECCOMP", "off")
+        assert seccomp.program() == b""
+        NamespaceRuntime(state_dir).close()
+    finally:
+        seccomp._exported.cache_clear()
