@@ -7,6 +7,19 @@ namespaces alive between commands; commands join them with setns and a fork, or,
 zygote, are started by the sidecar's exec helper, which joined them once (see zygote.py).
 Each command runs in a child cgroup of the sidecar's (freezer and memory), which kills its
 whole tree at its end; those are kept empty between commands and reused.
+
+A sidecar's root is the host's uid 0, with a reduced capability bounding set, no_new_privs, a
+session keyring of its own and a seccomp filter (linux.confine, seccomp.py), on a nosuid,nodev
+root, masked host secrets and a 0700 state dir (layers.py). There is no user namespace (root
+mapped to an unprivileged host uid), though it would be stronger, because: the host's system
+directories, bind-mounted read-only, and every existing snapshot layer (written by real root)
+would appear owned by the overflow uid inside unless each is an idmapped mount, and overlayfs
+over idmapped layers needs Linux >= 5.19 (microbuild supports older kernels and cgroup v1);
+layers written from then on would be owned by the mapped uid, so snapshots of both kinds would
+need telling apart or rebuilding; /dev nodes cannot be made inside one (bind-mounted instead),
+and cgroups would have to be delegated to the mapped uid. The filter refuses the attacks a
+user namespace would contain that capabilities do not (keyrings, bpf, io_uring, new user
+namespaces), and the state dir and frozen layers keep setuid files from the host's users.
 """
 
 from __future__ import annotations
