@@ -52,6 +52,9 @@ def test_setuid_copy_is_out_of_reach_of_other_users(
     assert as_nobody(lambda: os.stat(planted)) == 0
     assert as_nobody(lambda: os.execv(planted, [str(planted), "-c", "id -u"])) == 0
     assert as_nobody(lambda: os.listdir(runtime.state_dir)) == 0
+    via_proc = f"/proc/{h.init_pid}/root/workspace/sh"
+    assert os.stat(via_proc).st_mode & stat.S_ISUID
+    assert as_nobody(lambda: os.stat(via_proc)) == 0
 
 
 def test_setuid_bits_and_file_capabilities_are_inert_inside(
