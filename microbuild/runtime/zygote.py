@@ -505,7 +505,7 @@ def _spawn_command(
     request: dict[str, Any], stdin: int, stdout: int, stderr: int
 ) -> int:  # pragma: no cover - runs in the middle process
     """posix_spawn (vfork-fast) instead of forking this interpreter once more. What the command
-    inherits is set up here first: working directory, capability bounding set, no_new_privs.
+    inherits is set up here first: working directory and confinement (linux.confine).
     Returns the pid, or minus the exit code when it could not start (message on stderr)."""
     linux.confine(int(request["last_cap"]), bytes.fromhex(request["seccomp"]))
     return _posix_spawn(request, stdin, stdout, stderr)
@@ -515,8 +515,8 @@ def _posix_spawn(
     request: dict[str, Any], stdin: int, stdout: int, stderr: int
 ) -> int:  # pragma: no cover - runs in the middle process and in exec helpers
     """Start `argv` in `workdir` with posix_spawn: the pid, or minus the exit code when it
-    could not start (the message on its stderr). The caller's capability bounding set and
-    no_new_privs are the command's."""
+    could not start (the message on its stderr). The caller's confinement (capability
+    bounding set, no_new_privs, session keyring, seccomp filter) is the command's."""
     try:
         os.chdir(request["workdir"])
     except OSError:
