@@ -329,3 +329,24 @@ def test_matrix_conditions(condition: str, expected: bool | None) -> None:
 
     cell = {"os": "ubuntu-latest", "python": "3.11", "use_coverage": "True"}
     assert _matrix_condition(condition, cell) is expected
+
+
+@pytest.mark.parametrize(
+    ("command", "checked"),
+    [
+        ("black .", "black --check ."),
+        ("black --check src", "black --check src"),
+        ("python -m black src tests", "python -m black --check src tests"),
+        ("isort .", "isort --check-only ."),
+        ("isort --diff --check-only .", "isort --diff --check-only ."),
+        ("ruff check --fix .", "ruff check ."),
+        ("ruff check --fix --exit-non-zero-on-fix", "ruff check"),
+        ("ruff format", "ruff format --check"),
+        ("uv run ruff format src", "uv run ruff format --check src"),
+        ("ruff check .", "ruff check ."),
+    ],
+)
+def test_linters_are_written_check_only(command: str, checked: str) -> None:
+    verdict = classify(command)
+    assert verdict.kind == "lint"
+    assert (verdict.command or command) == checked

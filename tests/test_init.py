@@ -32,7 +32,7 @@ else:
 VENV = "python3 -m venv .venv"
 PIP = ".venv/bin/pip install"
 LINT = {"name": "lint", "command": "ruff check .", "timeout_s": 300}
-TESTS = {"name": "tests", "command": "python -m pytest -x -q", "timeout_s": 900}
+TESTS = {"name": "tests", "command": "python -m pytest -q", "timeout_s": 900}
 
 
 def make_project(root: Path, files: dict[str, str], *, tag: str | None = None) -> Path:
@@ -104,7 +104,7 @@ def test_pyproject_with_tests_extra_and_tests_dir(tmp_path: Path) -> None:
     assert "sidecar" not in raw
     assert config.sidecar.env == {}
     assert "kept    extra [tests]: pyproject.toml declares it" in stderr
-    assert "kept    tests: `python -m pytest -x -q`: tests/ exists" in stderr
+    assert "kept    tests: `python -m pytest -q`: tests/ exists" in stderr
     assert "pytest comes from extra 'tests' (pyproject.toml)" in stderr
     assert "dropped lint: ruff is not configured" in stderr
     assert "dropped types: mypy is not configured" in stderr
@@ -156,7 +156,7 @@ def test_ruff_and_mypy_in_pyproject(tmp_path: Path) -> None:
     ]
     assert "kept    lint: `ruff check .`: pyproject.toml has [tool.ruff]; installs ruff" in stderr
     assert "kept    types: `mypy src/demo`: pyproject.toml has [tool.mypy]" in stderr
-    assert "tests: `python -m pytest -x -q`: pyproject.toml has [tool.pytest.ini_options]" in stderr
+    assert "tests: `python -m pytest -q`: pyproject.toml has [tool.pytest.ini_options]" in stderr
     assert "dropped extras: the project declares no extras" in stderr
 
 
@@ -641,7 +641,7 @@ def test_real_project(
     config = load_config(Path(out["path"]))
     assert find_project(root).config == config
     tests = config.checks[-1]
-    assert (tests.name, tests.command, tests.timeout_s) == ("tests", "python -m pytest -x -q", 900)
+    assert (tests.name, tests.command, tests.timeout_s) == ("tests", "python -m pytest -q", 900)
     assert config.snapshot.setup == (VENV, install)
     assert installs_pytest(root, install)
     # Both build their version with setuptools_scm; the sdist's PKG-INFO gives it.

@@ -453,6 +453,11 @@ def classify(command: str) -> Verdict:
     if name in _LINT:
         if name in ("pre-commit", "prek") and first != "run":
             return Verdict("drop", f"{name} {first}: installs git hooks (not a check)")
+        checked = check_only(text)
+        if checked is not None and checked != text:
+            return Verdict(
+                "lint", f"{_LINT[name]}, in check-only form (a check never rewrites files)", checked
+            )
         return Verdict("lint", _LINT[name])
     if name in _TYPES:
         return Verdict("types", _TYPES[name])
@@ -467,6 +472,35 @@ def classify(command: str) -> Verdict:
         if re.match(r"(run_?)?tests?\b|.*_tests?\.py$", script):
             return Verdict("tests", f"test script {args[0]}")
     return Verdict("drop", "not recognised as a lint, type-check, build, test or install command")
+
+
+_FIX_FLAGS = {"--fix", "--unsafe-fixes", "--exit-non-zero-on-fix", "--fix-only", "--show-fixes"}
+
+
+def check_only(command: str) -> str | None:
+    """A formatter or fixer line in the form that only reports: ``black .`` → ``black --check
+    .``, ``isort .`` → ``isort --check-only .``, ``ruff check --fix`` → ``ruff check``, ``ruff
+    format`` → ``ruff format --check``. None when the line is not one of those tools (or has
+    more shell in it than one command); the line itself when it already only checks."""
+    if any(token in command for token in _SHELL_SYNTAX):
+        return None
+    words = _words(command)
+    name, args = program(command)
+    if name not in ("black", "isort", "ruff") or not words:
+        return None
+    head = words[: len(words) - len(args)]
+    kept = [a for a in args if a not in _FIX_FLAGS]
+    if name == "ruff":
+        if kept[:1] == ["format"] and not {"--check", "--diff"} & set(kept):
+            kept = ["format", "--check", *kept[1:]]
+    elif name == "black":
+        if not {"--check", "--diff"} & set(kept):
+            kept = ["--check", *kept]
+    elif not {"--check-only", "-c", "--check", "--diff"} & set(kept):
+        kept = ["--check-only", *kept]
+    if kept == args:
+        return command
+    return shlex.join([*head, *kept])
 
 
 def _node_script_kind(script: str) -> Kind | None:
