@@ -3,14 +3,13 @@ a state dir that starts out readable by everyone, as one made by hand or an old 
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 from conftest import need_isolation
 
-from microbuild.runtime import Limits, SidecarHandle, SidecarSpec
+from microbuild.runtime import SidecarHandle
 from microbuild.runtime.namespace import NamespaceRuntime
 
 Run = Callable[..., tuple[int, str]]
@@ -27,7 +26,9 @@ def open_state_dir(state_dir: Path) -> Path:
 
 
 @pytest.fixture
-def runtime(open_state_dir: Path) -> Iterator[NamespaceRuntime]:
+def namespace_runtime(open_state_dir: Path) -> Iterator[NamespaceRuntime]:
+    """The root conftest's runtime, as a host runs it, on the open state dir: tests/conftest.py's
+    `make_sidecar` makes the sidecars on it."""
     need_isolation()
     rt = NamespaceRuntime(open_state_dir, zygote=True)
     yield rt
@@ -35,24 +36,13 @@ def runtime(open_state_dir: Path) -> Iterator[NamespaceRuntime]:
 
 
 @pytest.fixture
-def sidecar(runtime: NamespaceRuntime, layer: Path) -> Iterator[Callable[..., SidecarHandle]]:
-    made: list[SidecarHandle] = []
+def runtime(namespace_runtime: NamespaceRuntime) -> NamespaceRuntime:
+    return namespace_runtime
 
-    def make(
-        memory: int = 512 << 20, pids: int = 256, cpus: float | None = 1.0, network: str = "none"
-    ) -> SidecarHandle:
-        spec = SidecarSpec(
-            layers=(str(layer),),
-            network=network,  # type: ignore[arg-type]
-            limits=Limits(memory=memory, pids=pids, cpus=cpus),
-        )
-        handle = runtime.create(f"sc_s{os.getpid()}x{len(made)}", spec)
-        made.append(handle)
-        return handle
 
-    yield make
-    for handle in made:
-        runtime.destroy(handle)
+@pytest.fixture
+def sidecar(make_sidecar: Callable[..., SidecarHandle]) -> Callable[..., SidecarHandle]:
+    return make_sidecar
 
 
 def sh(rt: NamespaceRuntime, h: SidecarHandle, script: str, timeout: float = 30) -> tuple[int, str]:
