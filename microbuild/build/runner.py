@@ -247,7 +247,7 @@ def _plan(check: CheckConfig, sandbox: _Sandbox) -> _Plan:
     if inst.artifact:
         where = shlex.quote(sandbox.artifact_dir)
         command = f"rm -rf {where} 2>/dev/null; mkdir -p {where} 2>/dev/null; {command}"
-    return _Plan(["/bin/sh", "-c", command], {}, parser, inst.artifact)
+    return _Plan(["/bin/sh", "-c", command], dict(inst.set_env), parser, inst.artifact)
 
 
 def _log_for_parsing(path: Path) -> str:

@@ -4,10 +4,12 @@ raises (a hostile or broken artifact falls back to the text, then to the generic
 
 from __future__ import annotations
 
+import functools
 import re
 import shlex
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from microbuild.report.model import ParseResult
 from microbuild.report.parsers import (
@@ -21,6 +23,7 @@ from microbuild.report.parsers import (
     pytest,
     ruff,
     tsc,
+    unittest,
 )
 from microbuild.report.parsers._common import environmental, strip_ansi
 
@@ -28,6 +31,7 @@ __all__ = ["PARSER_NAMES", "Instrumentation", "choose_parser", "instrument", "pa
 
 PARSER_NAMES: tuple[str, ...] = (
     "pytest",
+    "unittest",
     "junit",
     "ruff",
     "mypy",
@@ -42,6 +46,7 @@ PARSER_NAMES: tuple[str, ...] = (
 _Parse = Callable[..., ParseResult]
 _PARSERS: dict[str, _Parse] = {
     "pytest": pytest.parse,
+    "unittest": unittest.parse,
     "junit": junit.parse,
     "ruff": ruff.parse,
     "mypy": mypy.parse,
@@ -57,6 +62,7 @@ _W = r"(?:^|[\s/;&|(=])"
 _E = r"(?=$|[\s;&|)])"
 _DETECT: tuple[tuple[str, re.Pattern[str]], ...] = (
     ("pytest", re.compile(_W + r"(?:py\.test|pytest)" + _E + r"|-m\s+pytest" + _E)),
+    ("unittest", re.compile(r"-m\s+unittest" + _E)),
     ("ruff", re.compile(_W + r"ruff\s+check" + _E)),
     ("mypy", re.compile(_W + r"d?mypy" + _E + r"|-m\s+mypy" + _E)),
     ("gotest", re.compile(_W + r"go\s+test" + _E + r"|" + _W + r"gotestsum" + _E)),
@@ -77,6 +83,9 @@ class Instrumentation:
     env: dict[str, str] = field(default_factory=dict)
     artifact: str | None = None
     """Absolute path inside the sidecar where the tool writes its result, or None."""
+    set_env: dict[str, str] = field(default_factory=dict)
+    """Variables of microbuild's own, set as they are (`env` holds option lists, appended to
+    the check's own value)."""
 
 
 def choose_parser(command: str, configured: str = "auto") -> str:
@@ -105,12 +114,38 @@ def instrument(parser: str, command: str, artifact_dir: str) -> Instrumentation:
         path = f"{base}/junit.xml"
         addopts = f"--junitxml={shlex.quote(path)} -o junit_family=xunit1"
         return Instrumentation(command=command, env={"PYTEST_ADDOPTS": addopts}, artifact=path)
+    if parser == "unittest":
+        shimmed = _UNITTEST_MAIN.sub(r'\g<python> -c "$MICROBUILD_UNITTEST_SHIM"', command)
+        if shimmed != command:
+            path = f"{base}/unittest.xml"
+            return Instrumentation(
+                command=shimmed,
+                artifact=path,
+                set_env={
+                    "MICROBUILD_UNITTEST_SHIM": unittest_shim(),
+                    "MICROBUILD_UNITTEST_XML": path,
+                },
+            )
     if parser == "jest" and _plain_jest(command):
         path = f"{base}/jest.json"
         return Instrumentation(
             command=f"{command} --json --outputFile={shlex.quote(path)}", env={}, artifact=path
         )
     return Instrumentation(command=command, env={}, artifact=None)
+
+
+# `python -m unittest`, the interpreter's own flags between (`python3 -W error -m unittest`);
+# never another tool's `-m` (`coverage run -m unittest`).
+_UNITTEST_MAIN = re.compile(
+    r"(?P<python>(?:^|(?<=[\s;&|(]))(?:[\w.+-]*/)*(?:python|pypy)[\d.]*"
+    r"(?:\s+-[bBdEiIOqsSuvR]+|\s+-[WX]\s*[^\s;&|()]+)*)\s+-m\s+unittest(?=$|[\s;&|)])"
+)
+
+
+@functools.cache
+def unittest_shim() -> str:
+    """The source of microbuild/report/unittest_shim.py, run by the check's own interpreter."""
+    return (Path(__file__).parent.parent / "unittest_shim.py").read_text(encoding="utf-8")
 
 
 def _plain_jest(command: str) -> bool:

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 import defusedxml.ElementTree as SafeET  # type: ignore[import-untyped]
 
 from microbuild.report.model import Failure, ParseResult
+from microbuild.report.parsers import doctest
 from microbuild.report.parsers._common import (
     MAX_FAILURES,
     excerpt,
@@ -100,6 +101,15 @@ def to_failure(case: Case, workspace: str) -> Failure:
     """A failing case as a Failure: its id, where it failed (the text's project frame before the
     case's own attributes, which name the test's definition), and why."""
     case_id = f"{case.classname}.{case.name}" if case.classname else case.name
+    found = doctest.read(case.text, workspace) if case.text else None
+    if found is not None:
+        return Failure(
+            id=case_id or "testcase",
+            message=found.message,
+            file=found.file or (relpath(case.file, workspace) if case.file else None),
+            line=found.line if found.file else case.line,
+            excerpt=found.excerpt,
+        )
     file = relpath(case.file, workspace) if case.file else None
     line = case.line
     column: int | None = None

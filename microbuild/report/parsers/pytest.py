@@ -8,7 +8,7 @@ import re
 from dataclasses import dataclass, field
 
 from microbuild.report.model import Failure, ParseResult
-from microbuild.report.parsers import junit
+from microbuild.report.parsers import doctest, junit
 from microbuild.report.parsers._common import (
     MAX_FAILURES,
     clip,
@@ -141,7 +141,12 @@ def _keys(test_id: str) -> set[str]:
 
 
 def _title_key(title: str) -> str:
-    for prefix in ("ERROR collecting ", "ERROR at setup of ", "ERROR at teardown of "):
+    for prefix in (
+        "[doctest] ",
+        "ERROR collecting ",
+        "ERROR at setup of ",
+        "ERROR at teardown of ",
+    ):
         if title.startswith(prefix):
             return title[len(prefix) :]
     return title
@@ -153,9 +158,14 @@ def _from_block(test_id: str, short: str, block: _Block | None, workspace: str) 
     message = short
     body = ""
     if block is not None:
-        tb = read_traceback("\n".join(block.lines), workspace)
-        file, line, body = tb.file, tb.line, tb.excerpt
-        message = tb.message or short
+        text = "\n".join(block.lines)
+        found = doctest.read(text, workspace)
+        if found is not None:
+            file, line, body, message = found.file, found.line, found.excerpt, found.message
+        else:
+            tb = read_traceback(text, workspace)
+            file, line, body = tb.file, tb.line, tb.excerpt
+            message = tb.message or short
     if file is None:
         path = test_id.split("::", 1)[0]
         if path.endswith(".py"):
@@ -233,6 +243,18 @@ def _xml_failures(report: junit.Report, workspace: str) -> list[Failure]:
     failures: list[Failure] = []
     for case in report.failing[:MAX_FAILURES]:
         node_id, file = _node_id(case, workspace)
+        found = doctest.read(case.text, workspace)
+        if found is not None:
+            failures.append(
+                Failure(
+                    id=node_id,
+                    message=found.message,
+                    file=found.file or file,
+                    line=found.line,
+                    excerpt=found.excerpt,
+                )
+            )
+            continue
         tb = read_traceback(case.text, workspace)
         message = tb.message or one_line(case.message) or case.type or case.outcome
         failures.append(
