@@ -8,7 +8,10 @@ import asyncio
 import json
 import os
 import re
+import shutil
 import signal
+import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -867,3 +870,60 @@ def test_cli_runs_list_and_show(
 
     everything = runner.invoke(cli, [*base, "runs", "-a", "--json"])
     assert [r["id"] for r in json.loads(everything.output)] == [record.id]
+
+
+@pytest.mark.isolation
+def test_a_check_that_rewrites_tracked_files_never_passes(
+    manager: SidecarManager, sidecar: str
+) -> None:
+    """A fixer or formatter (or a linter with `fix = true`) validated a tree other than the
+    synced one: the report says which files, and the check is not a pass. New files and caches
+    written by a check are not the tree's."""
+    record = run(
+        manager,
+        sidecar,
+        [
+            check(
+                "scratch", "echo x > new.txt && mkdir -p .pytest_cache && echo 1 > .pytest_cache/v"
+            ),
+            check("fixer", "printf 'x = 1\\n' > src/app.py && rm requirements.txt"),
+        ],
+        fail_fast=False,
+    )
+    assert statuses(record) == [("scratch", "passed"), ("fixer", "failed")]
+    (failure,) = record.checks[1].failures
+    assert failure["id"] == "tree changed" and failure["kind"] == "code"
+    assert failure["message"].startswith(
+        "passed only by rewriting 2 tracked files in the sidecar: requirements.txt, src/app.py;"
+    )
+    report = plain_report(record)
+    assert report.startswith("FAILED fixer"), report
+    assert "check-only" in report
+
+
+@pytest.mark.isolation
+def test_a_linter_told_to_fix_by_the_projects_config_only_reports(
+    manager: SidecarManager, tmp_path: Path
+) -> None:
+    """`[tool.ruff] fix = true`: `ruff check .` runs with --no-fix, so the unused import is a
+    failure and the file is as synced."""
+    from conftest import write_project
+
+    ruff = shutil.which("ruff") or str(Path(sys.executable).parent / "ruff")
+    if not os.path.exists(ruff):
+        pytest.skip("ruff is not installed")
+    root = write_project(
+        tmp_path / "lint",
+        '[sidecar]\nmemory = "512MiB"\n',
+        {"pyproject.toml": "[tool.ruff]\nfix = true\n", "app.py": "import os\n"},
+    )
+    (root / "bin").mkdir()
+    shutil.copy(ruff, root / "bin" / "ruff")
+    git = ["git", "-C", str(root)]
+    subprocess.run([*git, "add", "-A"], check=True)
+    subprocess.run([*git, "commit", "-qm", "ruff"], check=True)
+    sidecar = manager.create_sidecar(find_project(root), runtime="namespace").id
+    record = run(manager, sidecar, [check("lint", "bin/ruff check --no-cache .")])
+    assert statuses(record) == [("lint", "failed")]
+    assert [(f["id"], f["location"]) for f in record.checks[0].failures] == [("F401", "app.py:1")]
+    assert (manager.workspace(sidecar) / "app.py").read_text() == "import os\n"

@@ -190,6 +190,15 @@ class _Sandbox:
         self.inner_root = "/"
         self.workspace = "/workspace"
         self.own_packages: frozenset[str] = frozenset()
+        self._manager = manager
+        self._sidecar_id = sidecar_id
+        self.source_paths: frozenset[str] = frozenset()
+        try:
+            self.source_paths = frozenset(
+                p for p in manager.source_paths(sidecar_id) if not _is_cache(p)
+            )
+        except Exception as exc:
+            logger.warning("sidecar %s: tracked files unknown: %s", sidecar_id, exc)
         try:
             _record, rt, handle = manager.wake(sidecar_id)
             self.workspace = rt.workspace_in_sidecar(handle)
@@ -199,6 +208,11 @@ class _Sandbox:
             self.own_packages = project_packages(workspace)
         except Exception as exc:  # a sidecar that cannot be looked at still runs its checks
             logger.warning("sidecar %s: no report artifacts: %s", sidecar_id, exc)
+
+    def changed_sources(self, since_ns: int) -> list[str]:
+        """The project's own files (not caches, not new files) a check wrote or deleted."""
+        written = self._manager.written_since(self._sidecar_id, since_ns)
+        return [p for p in written or () if p in self.source_paths]
 
     @property
     def artifact_dir(self) -> str:
@@ -217,6 +231,17 @@ class _Sandbox:
             return files.read_file(self.host_root, rel, limit=ARTIFACT_MAX_BYTES)
         except (OSError, files.PathRefused, files.PathInvalid):
             return None
+
+
+_CACHE_DIRS = frozenset(
+    {"__pycache__", ".pytest_cache", ".mypy_cache", ".ruff_cache", ".hypothesis", ".tox", ".nox"}
+)
+MAX_CHANGED_SHOWN = 5
+
+
+def _is_cache(path: str) -> bool:
+    parts = path.split("/")
+    return bool(_CACHE_DIRS.intersection(parts)) or parts[-1].endswith((".pyc", ".pyo"))
 
 
 @dataclass
@@ -323,6 +348,7 @@ def _run_one(
 
     plan = _plan(check, sandbox)
     started = time.monotonic()
+    since_ns = time.time_ns()
     with open(log_path, "wb") as log:
         try:
             execution = manager.exec(
@@ -363,7 +389,31 @@ def _run_one(
     )
     if status != "passed" and not cancel.cancelled:
         _report_on(outcome, check, plan, sandbox, log_path)
+    if status in ("passed", "failed") and not cancel.cancelled:
+        _changed_tree(outcome, sandbox.changed_sources(since_ns))
     return outcome
+
+
+def _changed_tree(outcome: CheckResult, changed: list[str]) -> None:
+    """A check that rewrote the project's files validated a tree other than the one synced (a
+    fixer, a formatter, `fix = true` in a linter's config): never a pass, and said plainly."""
+    if not changed:
+        return
+    shown = ", ".join(changed[:MAX_CHANGED_SHOWN])
+    more = (
+        f" and {len(changed) - MAX_CHANGED_SHOWN} more" if len(changed) > MAX_CHANGED_SHOWN else ""
+    )
+    passed = outcome.status == "passed"
+    message = (
+        f"{'passed only by rewriting' if passed else 'rewrote'} {len(changed)} tracked "
+        f"file{'s' if len(changed) != 1 else ''} in the sidecar: {shown}{more}; "
+        "a check must only report (run the tool check-only: --check, --no-fix)"
+    )
+    outcome.failures.append(
+        Failure(id="tree changed", message=message, file=changed[0], check=outcome.name).to_json()
+    )
+    if passed:
+        outcome.status = "failed"
 
 
 def _alive(manager: SidecarManager, sidecar_id: str) -> bool:

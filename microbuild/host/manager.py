@@ -280,6 +280,25 @@ class SidecarManager:
         except (RuntimeError_, OSError):
             return None
 
+    def written_since(self, ident: str, since_ns: int, limit: int = 10_000) -> list[str] | None:
+        """Workspace paths commands in the sidecar wrote or deleted after `since_ns`; None
+        when unknown or more than `limit`."""
+        try:
+            rt, handle = self._live(ident)[1:]
+            return rt.written_since(handle, since_ns, limit)
+        except (RuntimeError_, OSError):
+            return None
+
+    def source_paths(self, ident: str) -> frozenset[str]:
+        """The paths of the files the sidecar's workspace got from its snapshot's source tree and
+        from syncs since: the project's tracked files, as far as the sidecar knows them."""
+        record = self.store.get_sidecar(ident)
+        base = self.runtime(record.runtime).state_dir / "snapshots" / record.snapshot_id
+        paths = set(snapshot.manifest(base))
+        synced = self.written_since(ident, 0)
+        paths.update(synced or ())
+        return frozenset(paths)
+
     def list_sidecars(self, project: str | None = None) -> list[SidecarRecord]:
         return [self._checked(r) for r in self.store.list_sidecars(project)]
 

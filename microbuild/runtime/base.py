@@ -430,6 +430,13 @@ class Runtime(ABC):
         found = _changed_files(self._changes_root(handle), since, limit)
         return ["."] if found is None else found
 
+    def written_since(
+        self, handle: SidecarHandle, since_ns: int, limit: int = 10_000
+    ) -> list[str] | None:
+        """Workspace paths (relative, sorted) written or deleted after `since_ns` (a ctime,
+        which no process can set back); None when there are more than `limit`."""
+        return _changed_files(self._changes_root(handle), since_ns, limit)
+
     def _changes_root(self, handle: SidecarHandle) -> Path:
         """Where to look for changes: the whole workspace, unless a runtime knows better."""
         return self.workspace(handle)

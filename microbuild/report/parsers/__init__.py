@@ -114,6 +114,10 @@ def instrument(parser: str, command: str, artifact_dir: str) -> Instrumentation:
         path = f"{base}/junit.xml"
         addopts = f"--junitxml={shlex.quote(path)} -o junit_family=xunit1"
         return Instrumentation(command=command, env={"PYTEST_ADDOPTS": addopts}, artifact=path)
+    if parser == "ruff":
+        return Instrumentation(command=_RUFF_CHECK.sub(_no_fix, command))
+    if parser == "mypy":
+        return Instrumentation(command=_MYPY.sub(r"\g<0> --no-pretty --show-error-codes", command))
     if parser == "unittest":
         shimmed = _UNITTEST_MAIN.sub(r'\g<python> -c "$MICROBUILD_UNITTEST_SHIM"', command)
         if shimmed != command:
@@ -132,6 +136,18 @@ def instrument(parser: str, command: str, artifact_dir: str) -> Instrumentation:
             command=f"{command} --json --outputFile={shlex.quote(path)}", env={}, artifact=path
         )
     return Instrumentation(command=command, env={}, artifact=None)
+
+
+# A linter's check never rewrites the tree: `fix = true` in the project's config, or `--fix` on
+# the line, would make a lint failure pass. ruff takes the last of --fix/--no-fix.
+_RUFF_CHECK = re.compile(r"(?:^|(?<=[\s;&|(/]))ruff\s+check(?P<args>(?:\s+(?!--\s)[^\s;&|()]+)*)")
+_FIX_FLAGS = re.compile(r"\s+--(?:fix|unsafe-fixes|fix-only)(?=\s|$)")
+# mypy's `pretty = true` wraps messages and hides error codes; flags on the line beat config.
+_MYPY = re.compile(r"(?:^|(?<=[\s;&|(/]))mypy(?=$|\s)|(?:^|(?<=\s))-m\s+mypy(?=$|\s)")
+
+
+def _no_fix(match: re.Match[str]) -> str:
+    return "ruff check --no-fix" + _FIX_FLAGS.sub("", match["args"])
 
 
 # `python -m unittest`, the interpreter's own flags between (`python3 -W error -m unittest`);
