@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import re
+import shlex
 import subprocess
 import sys
 import tempfile
@@ -17,6 +18,7 @@ import pytest
 from click.testing import CliRunner
 
 from microbuild.report.classify import (
+    CODE,
     REBUILD,
     RESET,
     classify_check,
@@ -26,6 +28,7 @@ from microbuild.report.classify import (
     remedy,
 )
 from microbuild.report.model import Failure, ParseResult
+from microbuild.report.parsers import parse_output
 from microbuild.report.render import (
     check_failures,
     dedupe,
@@ -553,3 +556,38 @@ def test_reset_remedy_names_the_sidecar(tmp_path: Path) -> None:
     )
     report = plain_report(run)
     assert f"`{RESET} {run.sidecar_id}`" in report, report
+
+
+@pytest.mark.parametrize(
+    ("command", "cause"),
+    [
+        ("cd .tox && true", "check misconfigured: cannot cd to .tox"),
+        (
+            "{python} -m pytest -p no:cacheprovider '{{posargs:tests}}'",
+            "check misconfigured: no file or directory {posargs:tests} (an unexpanded template)",
+        ),
+        (
+            "{python} -m pytest -p no:cacheprovider --no-such-plugin-option",
+            "check misconfigured: pytest: unrecognized arguments: --no-such-plugin-option",
+        ),
+        ("{python} -m pytest -p no:cacheprovider -k matches_nothing_here", "no tests ran"),
+    ],
+)
+def test_a_command_that_cannot_run_as_written_is_the_environment(
+    tmp_path: Path, command: str, cause: str
+) -> None:
+    """Real shells and a real pytest: editing code fixes none of these, so none is `code`."""
+    (tmp_path / "test_one.py").write_text("def test_one():\n    pass\n")
+    line = command.format(python=shlex.quote(sys.executable))
+    proc = subprocess.run(["/bin/sh", "-c", line], cwd=tmp_path, capture_output=True, text=True)
+    assert proc.returncode != 0
+    log = proc.stdout + proc.stderr
+    parsed = parse_output("pytest", log, None, workspace=str(tmp_path))
+    diagnosis = classify_check("failed", None, proc.returncode, parsed.failures, log)
+    assert (diagnosis.kind, diagnosis.cause) == ("environment", cause)
+    assert diagnosis.fix and "microbuild.toml" in diagnosis.fix
+
+
+def test_a_failing_test_that_prints_cd_is_still_code() -> None:
+    failure = Failure(id="t.py::test_x", message="AssertionError: assert 'cd' == 'ls'")
+    assert classify_check("failed", None, 1, [failure], "") == CODE

@@ -22,6 +22,7 @@ from pathlib import Path
 from microbuild.report.model import Failure, FailureKind
 
 __all__ = [
+    "CODE",
     "REBUILD",
     "RESET",
     "Diagnosis",
@@ -44,6 +45,15 @@ _REMEDIES: tuple[tuple[str, str], ...] = (
     (
         "missing module",
         f"declare it in the project's dependencies (or [snapshot] setup), then `{REBUILD}`",
+    ),
+    (
+        "check misconfigured",
+        "the check's command cannot run as written: fix it in microbuild.toml "
+        "(or `microbuild init` again)",
+    ),
+    (
+        "no tests ran",
+        "the check's command selects no tests: fix its paths or selection in microbuild.toml",
     ),
     ("out of memory", "raise [sidecar] memory in microbuild.toml (or use less memory)"),
     ("disk full", f"`{RESET}` for a fresh writable layer (or write less to /tmp)"),
@@ -85,6 +95,23 @@ _SHELL_NOT_FOUND = re.compile(
     r"^(?:\S*/)?(?:ba|da|z)?sh: (?:\d+: |line \d+: )?(?P<cmd>[^\s:]+): (?:command )?not found\s*$",
     re.M,
 )
+# A command that cannot run as written: a directory to `cd` to that is not there, a path the
+# test runner cannot find (a config template left unexpanded, `{posargs:tests}`), an option the
+# tool does not know (a plugin the snapshot lacks). Editing code fixes none of them.
+_CANT_CD = re.compile(
+    r"^(?:\S*/)?(?:ba|da|z)?sh: (?:\d+: |line \d+: )?cd: "
+    r"(?:can't cd to (?P<a>\S+)|(?P<b>[^:\n]+): No such file or directory)",
+    re.M,
+)
+_NO_SUCH_ARG = re.compile(r"^ERROR: file or directory not found: (?P<path>\S.*)$", re.M)
+_BAD_USAGE = re.compile(
+    r"^(?P<tool>[\w.-]+): error: (?P<msg>(?:unrecognized arguments|unrecognized option|"
+    r"no such option|the following arguments are required)\b.*)$",
+    re.M,
+)
+_NO_TESTS = re.compile(
+    r"^(?:=+ )?(?:no tests ran|\d+ deselected) in [\d.]+s\b|^NO TESTS RAN\b|^Ran 0 tests in ", re.M
+)
 _MISSING_PY = re.compile(r"(?:ModuleNotFoundError|ImportError): No module named '?(?P<mod>[\w.]+)")
 _MISSING_NODE = re.compile(r"Cannot find module '(?P<mod>[^'./][^']*)'")
 _DISK_FULL = re.compile(r"No space left on device|\bENOSPC\b|Disk quota exceeded")
@@ -114,6 +141,17 @@ def diagnose_text(
     """The environment cause this output shows, or None when it shows none."""
     if (m := _SHELL_NOT_FOUND.search(text)) is not None:
         return Diagnosis("environment", f"command not found: {m.group('cmd')}")
+    if (m := _CANT_CD.search(text)) is not None:
+        where = (m.group("a") or m.group("b")).strip()
+        return Diagnosis("environment", f"check misconfigured: cannot cd to {where}")
+    if (m := _NO_SUCH_ARG.search(text)) is not None:
+        path = m.group("path").strip()
+        hint = " (an unexpanded template)" if "{" in path else ""
+        return Diagnosis("environment", f"check misconfigured: no file or directory {path}{hint}")
+    if (m := _BAD_USAGE.search(text)) is not None:
+        return Diagnosis("environment", f"check misconfigured: {m.group('tool')}: {m.group('msg')}")
+    if _NO_TESTS.search(text):
+        return Diagnosis("environment", "no tests ran")
     for pattern in (_MISSING_PY, _MISSING_NODE):
         for m in pattern.finditer(text):
             module = m.group("mod")

@@ -32,6 +32,7 @@ _PROGRESS = re.compile(
     r"(?:\s+\[\s*\d+%\])?\s*$"
 )
 _NO_MODULE = re.compile(r"ModuleNotFoundError: No module named '(?P<name>[\w.]+)'")
+_USAGE = re.compile(r"^(?:[\w./-]+\.py|(?:\S*python[\d.]* -m )?pytest): error: (?P<msg>.+)$")
 _PY_PATH = re.compile(r"[\w./-]+\.py\b")
 
 _TEST_OUTCOMES = {"passed", "failed", "error", "errors", "skipped", "xfailed", "xpassed"}
@@ -116,7 +117,12 @@ def _read_text(log: str) -> _Text:
             conftest.append(line)
             continue
         if line.startswith("ERROR: ") and not text.started:
-            text.usage_errors.append(line[len("ERROR: ") :])
+            if not line.startswith("ERROR: usage: "):
+                text.usage_errors.append(line[len("ERROR: ") :])
+            continue
+        usage = _USAGE.match(line) if not text.started else None
+        if usage:
+            text.usage_errors.append(f"pytest: error: {usage['msg']}")
             continue
         progress = _PROGRESS.match(line) if "::" in line else None
         if progress:
