@@ -30,6 +30,7 @@ from microbuild.report.classify import (
 from microbuild.report.model import Failure, ParseResult
 from microbuild.report.parsers import parse_output
 from microbuild.report.render import (
+    TIMES,
     check_failures,
     dedupe,
     log_tail,
@@ -397,6 +398,8 @@ def test_stored_failures_round_trip_and_json(tmp_path: Path) -> None:
         {
             "check": "tests",
             "id": "tests/test_c.py::test_1",
+            "ids": ["tests/test_c.py::test_1"],
+            "more_ids": 0,
             "location": "tests/test_c.py:11",
             "message": "AssertionError: value 1 is wrong",
             "kind": "code",
@@ -405,6 +408,8 @@ def test_stored_failures_round_trip_and_json(tmp_path: Path) -> None:
         {
             "check": "tests",
             "id": "tests/test_c.py::test_2",
+            "ids": ["tests/test_c.py::test_2"],
+            "more_ids": 0,
             "location": "tests/test_c.py:12",
             "message": "No space left on device",
             "kind": "environment",
@@ -591,3 +596,40 @@ def test_a_command_that_cannot_run_as_written_is_the_environment(
 def test_a_failing_test_that_prints_cd_is_still_code() -> None:
     failure = Failure(id="t.py::test_x", message="AssertionError: assert 'cd' == 'ls'")
     assert classify_check("failed", None, 1, [failure], "") == CODE
+
+
+def test_json_failures_are_the_reports_entries(tmp_path: Path) -> None:
+    """52 variants of a parametrized test failing at one place are counted 52 in the text and one
+    entry counted 52 in --json; unittest subtests group the same way."""
+    variants = [
+        Failure(
+            id=f"tests/test_p.py::test_v[{i}]",
+            message=f"AssertionError: assert {i} == -1",
+            file="tests/test_p.py",
+            line=4,
+            check="tests",
+        )
+        for i in range(52)
+    ]
+    subtests = [
+        Failure(
+            id=f"tests.test_x.T.test_sub (i={i})",
+            message=f"AssertionError: {i} not less than 1",
+            file="tests/test_x.py",
+            line=9,
+            check="tests",
+        )
+        for i in (1, 2)
+    ]
+    run = make_run(tmp_path, [*variants, *subtests])
+    text = plain_report(run)
+    assert f"tests/test_p.py::test_v[0] {TIMES}52  tests/test_p.py:4" in text, text
+    assert f"tests.test_x.T.test_sub (i=1) {TIMES}2  tests/test_x.py:9" in text, text
+    assert "  also: (i=2)" in text, text
+    shown = report_json_failures(run)
+    assert [(f["id"], f["count"], f["location"]) for f in shown] == [
+        ("tests/test_p.py::test_v[0]", 52, "tests/test_p.py:4"),
+        ("tests.test_x.T.test_sub (i=1)", 2, "tests/test_x.py:9"),
+    ]
+    assert shown[0]["ids"][:2] == ["tests/test_p.py::test_v[0]", "tests/test_p.py::test_v[1]"]
+    assert len(shown[0]["ids"]) + shown[0]["more_ids"] == 52

@@ -313,6 +313,10 @@ def test_unittest_in_a_sidecar_is_named_counted_and_its_output_untouched(
     report = plain_report(record)
     assert report.startswith("FAILED tests (5 of 7)"), report
     for test_id in WANTED:
-        assert test_id in report
+        if test_id.endswith("(i=2)"):
+            assert "tests.test_x.TestFoo.test_sub (i=1) \N{MULTIPLICATION SIGN}2" in report
+            assert "  also: (i=2)" in report, report
+        else:
+            assert test_id in report
     # The XML went to the sidecar's /tmp, never into the synced tree.
     assert not [p for p in manager.workspace(sidecar).rglob("*.xml")]

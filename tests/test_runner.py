@@ -432,7 +432,16 @@ def test_real_pytest_failures_are_parsed_classified_and_counted(
         ("tests", "tests/test_calc.py::test_add_wrong", "code"),
         ("tests", "tests/test_calc.py::test_add_types", "code"),
     }
-    assert set(shown["failures"][0]) == {"check", "id", "location", "message", "kind", "count"}
+    assert set(shown["failures"][0]) == {
+        "check",
+        "id",
+        "ids",
+        "more_ids",
+        "location",
+        "message",
+        "kind",
+        "count",
+    }
     tight = run_json(stored, report_tokens=200)
     assert tight["tokens"]["report"] <= 200 and "test_add_wrong" in tight["report"]
 

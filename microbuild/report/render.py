@@ -199,7 +199,10 @@ class Entry:
         if family is not None:
             # Variants of the first test: their parameters say it all.
             others = [
-                o.removeprefix(family[1]) if o.startswith(f"{family[1]}[") else o for o in others
+                o.removeprefix(family[1]).lstrip()
+                if o.startswith((f"{family[1]}[", f"{family[1]} "))
+                else o
+                for o in others
             ]
         if others:
             more = self.extra_ids
@@ -264,7 +267,8 @@ def check_failures(check: CheckResult) -> list[Failure]:
     return found
 
 
-_PARAMETRIZED = re.compile(r"(.+?)\[.*\]", re.S)
+# pytest's `test_x[1]` and unittest's subtests, `tests.T.test_x (i=1)`.
+_PARAMETRIZED = re.compile(r"(.+?)(?:\[.*\]| \(.*\)| \[.*\])", re.S)
 
 
 def dedupe(failures: Iterable[Failure]) -> list[Entry]:
@@ -554,18 +558,22 @@ def _shrink(sections: Sequence[_Section]) -> bool:
 
 
 def report_json_failures(run: RunRecord) -> list[dict[str, Any]]:
-    """Every stored failure of the run, as `validate --json` shows them."""
+    """The run's failures as `validate --json` shows them: the report's own entries (the same
+    grouping as the text: identical failures and variants of one parametrized test are one
+    entry with a count and the ids it stands for)."""
     out = []
     for check in run.checks:
-        for failure in check_failures(check):
+        for entry in dedupe(check_failures(check)):
             out.append(
                 {
-                    "check": failure.check,
-                    "id": failure.id,
-                    "location": failure.location,
-                    "message": failure.message,
-                    "kind": "environment" if failure.kind == "environment" else "code",
-                    "count": failure.count if isinstance(failure.count, int) else 1,
+                    "check": entry.check,
+                    "id": entry.ids[0] if entry.ids else "",
+                    "ids": list(entry.ids),
+                    "more_ids": entry.extra_ids,
+                    "location": entry.location,
+                    "message": entry.message,
+                    "kind": "environment" if entry.kind == "environment" else "code",
+                    "count": entry.count,
                 }
             )
     return out
