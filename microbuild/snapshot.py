@@ -24,6 +24,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import BinaryIO
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -35,6 +36,9 @@ from microbuild.store import SnapshotRecord, Store
 KEY_VERSION = 1
 TAIL_LINES = 20
 MANIFEST = "manifest.json"
+SETUP_LOG = "setup.log"
+"""What the setup commands printed: the part of a CI-style log a snapshot saves every run."""
+SETUP_LOG_MAX_BYTES = 64 << 20
 
 __all__ = [
     "SetupFailed",
@@ -217,9 +221,12 @@ def _build(
         handle = runtime.create(f"sb_{record.id[3:]}_{secrets.token_hex(3)}", spec)
         try:
             deadline = time.monotonic() + request.timeout_s
-            for number, command in enumerate(request.setup, 1):
-                say(f"[{number}/{len(request.setup)}] {command}")
-                _run_setup(runtime, handle, command, deadline, output)
+            with open(sdir / SETUP_LOG, "wb") as log:
+                keep = _logging(log, output)
+                for number, command in enumerate(request.setup, 1):
+                    say(f"[{number}/{len(request.setup)}] {command}")
+                    keep(f"$ {command}\n".encode())
+                    _run_setup(runtime, handle, command, deadline, keep)
             say("freezing the snapshot layer")
             layers = runtime.freeze(handle, sdir / "layer")
         except BaseException:
@@ -227,7 +234,7 @@ def _build(
                 runtime.destroy(handle)
             raise
         for leftover in sdir.iterdir():
-            if str(leftover) not in layers and leftover.name != MANIFEST:
+            if str(leftover) not in layers and leftover.name not in (MANIFEST, SETUP_LOG):
                 shutil.rmtree(leftover, ignore_errors=True)
     except BaseException as exc:
         shutil.rmtree(sdir, ignore_errors=True)
@@ -246,6 +253,21 @@ def _build(
     store.put_snapshot(record)
     say(f"snapshot {record.id} ready in {record.build_s:.1f} s")
     return record
+
+
+def _logging(log: BinaryIO, output: Output | None) -> Output:
+    """`output`, and the setup log (up to SETUP_LOG_MAX_BYTES) too."""
+    written = 0
+
+    def keep(data: bytes) -> None:
+        nonlocal written
+        if written < SETUP_LOG_MAX_BYTES:
+            log.write(data[: SETUP_LOG_MAX_BYTES - written])
+            written += len(data)
+        if output is not None:
+            output(data)
+
+    return keep
 
 
 def _write_manifest(workspace: Path, dest: Path) -> None:

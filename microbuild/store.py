@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS snapshots (
@@ -67,7 +67,8 @@ CREATE TABLE IF NOT EXISTS runs (
     cached_from TEXT,
     error TEXT,
     report_tokens INTEGER,
-    raw_tokens INTEGER
+    raw_tokens INTEGER,
+    check_tokens INTEGER
 );
 CREATE INDEX IF NOT EXISTS runs_cache_key ON runs(tree, config_hash, snapshot_id, started_at);
 CREATE INDEX IF NOT EXISTS runs_project ON runs(project, started_at);
@@ -87,6 +88,15 @@ CREATE TABLE IF NOT EXISTS check_results (
     failed INTEGER,
     complete INTEGER NOT NULL DEFAULT 1,
     PRIMARY KEY (run_id, position)
+);
+CREATE TABLE IF NOT EXISTS test_durations (
+    project TEXT NOT NULL,
+    check_name TEXT NOT NULL,
+    test_id TEXT NOT NULL,
+    duration_s REAL NOT NULL,
+    run_id TEXT NOT NULL,
+    updated_at REAL NOT NULL,
+    PRIMARY KEY (project, check_name, test_id)
 );
 CREATE TABLE IF NOT EXISTS hook_sessions (
     agent TEXT NOT NULL,
@@ -118,6 +128,9 @@ MIGRATIONS = {
         "ALTER TABLE check_results ADD COLUMN failed INTEGER",
         "ALTER TABLE check_results ADD COLUMN complete INTEGER NOT NULL DEFAULT 1",
     ),
+    # version 4 -> 5: the checks' own output in tokens (raw is the CI-style log), and per-test
+    # durations from structured results (new table).
+    4: ("ALTER TABLE runs ADD COLUMN check_tokens INTEGER",),
 }
 
 SNAPSHOT_STATES = ("pending", "building", "ready", "failed")
@@ -214,6 +227,8 @@ class CheckResult:
     """How many of them failed, when the tool said."""
     complete: bool = True
     """False when the output was cut short (a timeout, a crash): more may have failed."""
+    durations: dict[str, float] = field(default_factory=dict, compare=False)
+    """Seconds per test from the check's structured results; kept per test, not with the run."""
 
 
 @dataclass
@@ -236,6 +251,9 @@ class RunRecord:
     """Why the run itself ended as an `error` when no check says so (e.g. cancelled)."""
     report_tokens: int | None = None
     raw_tokens: int | None = None
+    """What an agent would otherwise read: the CI-style log (snapshot setup and every check)."""
+    check_tokens: int | None = None
+    """The checks' own output alone."""
     checks: list[CheckResult] = field(default_factory=list)
 
     @property
@@ -273,6 +291,7 @@ _RUN_COLUMNS = (
     "error",
     "report_tokens",
     "raw_tokens",
+    "check_tokens",
 )
 _CHECK_COLUMNS = (
     "name",
@@ -497,6 +516,24 @@ class Store:
                     for position, check in enumerate(run.checks)
                 ],
             )
+
+    def put_test_durations(
+        self, project: str, check: str, run_id: str, durations: dict[str, float]
+    ) -> None:
+        """The latest duration of each test a check's structured results timed."""
+        now = time.time()
+        with self.transaction() as db:
+            db.executemany(
+                "INSERT OR REPLACE INTO test_durations VALUES (?, ?, ?, ?, ?, ?)",
+                [(project, check, t, float(d), run_id, now) for t, d in durations.items()],
+            )
+
+    def test_durations(self, project: str, check: str) -> dict[str, float]:
+        rows = self._query(
+            "SELECT test_id, duration_s FROM test_durations WHERE project = ? AND check_name = ?",
+            (project, check),
+        )
+        return {row["test_id"]: row["duration_s"] for row in rows}
 
     def _runs(self, rows: list[sqlite3.Row]) -> list[RunRecord]:
         if not rows:

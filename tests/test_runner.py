@@ -35,6 +35,7 @@ from microbuild.config import CheckConfig, ProjectConfig, config_hash, find_proj
 from microbuild.host.app import create_app
 from microbuild.host.manager import SidecarManager
 from microbuild.report.render import plain_report
+from microbuild.report.tokens import count_file_tokens
 from microbuild.store import SCHEMA_VERSION, CheckResult, RunRecord, Store
 
 HASH_A = "a" * 64
@@ -427,7 +428,25 @@ def test_real_pytest_failures_are_parsed_classified_and_counted(
     assert stored.raw_tokens and stored.report_tokens
     assert stored.raw_tokens > stored.report_tokens
     shown = run_json(stored)
-    assert shown["tokens"] == {"report": stored.report_tokens, "raw": stored.raw_tokens}
+    assert shown["tokens"] == {
+        "report": stored.report_tokens,
+        "raw": stored.raw_tokens,
+        "checks": stored.check_tokens,
+    }
+    # raw is the CI-style log: the snapshot's setup output (the pip install, if it ran) and
+    # the check's own output, which is a figure of its own.
+    setup_log = manager.setup_log(pytest_sidecar)
+    assert setup_log.is_file() and setup_log.read_text().startswith(f"$ {PYTEST_SETUP}\n")
+    assert stored.check_tokens and stored.raw_tokens >= stored.check_tokens
+    assert stored.raw_tokens - stored.check_tokens == count_file_tokens(setup_log)
+    # Per-test durations from the JUnit XML, for sharding: every test that ran, passing too.
+    durations = manager.store.test_durations("/proj", "tests")
+    assert set(durations) == {
+        "tests/test_calc.py::test_add_ok",
+        "tests/test_calc.py::test_add_wrong",
+        "tests/test_calc.py::test_add_types",
+    }
+    assert all(0 <= d < 60 for d in durations.values())
     assert {(f["check"], f["id"], f["kind"]) for f in shown["failures"]} == {
         ("tests", "tests/test_calc.py::test_add_wrong", "code"),
         ("tests", "tests/test_calc.py::test_add_types", "code"),
@@ -603,7 +622,8 @@ def test_store_migrates_from_schema_2(tmp_path: Path) -> None:
     )
     assert any("runs_cache_key" in str(tuple(row)) for row in plan)
     version = store._query("PRAGMA user_version")[0][0]
-    assert version == SCHEMA_VERSION == 4
+    assert version == SCHEMA_VERSION == 5
+    assert store.test_durations("/p", "tests") == {}
     store.close()
 
 

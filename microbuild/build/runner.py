@@ -42,7 +42,7 @@ from microbuild.report.render import (
     record_summary,
     report_json_failures,
 )
-from microbuild.report.tokens import count_logs_tokens, count_tokens, warm_up
+from microbuild.report.tokens import count_file_tokens, count_logs_tokens, count_tokens, warm_up
 from microbuild.runtime import ExecResult, Execution, RuntimeError_
 from microbuild.store import CACHEABLE_RUN_STATES, CheckResult, RunRecord, Store
 
@@ -387,11 +387,26 @@ def _run_one(
         log_path=str(log_path),
         reason=reason,
     )
+    if plan.artifact and plan.parser and status in ("passed", "failed"):
+        outcome.durations = _durations(plan, sandbox)
     if status != "passed" and not cancel.cancelled:
         _report_on(outcome, check, plan, sandbox, log_path)
     if status in ("passed", "failed") and not cancel.cancelled:
         _changed_tree(outcome, sandbox.changed_sources(since_ns))
     return outcome
+
+
+def _durations(plan: _Plan, sandbox: _Sandbox) -> dict[str, float]:
+    from microbuild.report.parsers import test_durations
+
+    try:
+        artifact = sandbox.read(plan.artifact) if plan.artifact else None
+        if artifact is None or plan.parser is None:
+            return {}
+        return test_durations(plan.parser, artifact, workspace=sandbox.workspace)
+    except Exception as exc:  # timings are a courtesy: never lose the result over them
+        logger.warning("no test durations: %s", exc)
+        return {}
 
 
 def _changed_tree(outcome: CheckResult, changed: list[str]) -> None:
@@ -506,21 +521,66 @@ def run_checks(
     finally:
         run.wall_s = time.monotonic() - started
         run.cpu_s = sum(c.cpu_s or 0.0 for c in run.checks)
-        _count_tokens(run, report_tokens)
+        _count_tokens(run, report_tokens, setup_log=_setup_log(manager, record.id))
         manager.store.put_run(run)
+        _keep_durations(manager, run)
     send({"event": "done", "run": run_json(run, report_tokens=report_tokens)})
     return run
 
 
-def _count_tokens(run: RunRecord, budget: int, raw: int | None = None) -> None:
-    """What the agent reads (the report) against what it would have read (every log)."""
+def _count_tokens(
+    run: RunRecord,
+    budget: int,
+    *,
+    setup_log: Path | None = None,
+    original: RunRecord | None = None,
+) -> None:
+    """What the agent reads (the report) against what it would otherwise have read: the
+    CI-style log of the same run (the snapshot's setup output, then every check's), with the
+    checks' own output as a figure of its own. A cached run counts as the run it repeats."""
     try:
-        run.raw_tokens = (
-            raw if raw is not None else count_logs_tokens(c.log_path for c in run.checks)
-        )
+        if original is not None:
+            run.raw_tokens, run.check_tokens = original.raw_tokens, original.check_tokens
+        else:
+            run.check_tokens = count_logs_tokens(c.log_path for c in run.checks)
+            run.raw_tokens = run.check_tokens + _setup_tokens(setup_log)
         run.report_tokens = count_tokens(plain_report(run, budget=budget))
     except Exception as exc:  # accounting must never lose a run
         logger.warning("run %s: tokens not counted: %s", run.id, exc)
+
+
+SETUP_TOKENS = "setup.tokens"
+
+
+def _setup_log(manager: SidecarManager, sidecar_id: str) -> Path | None:
+    try:
+        return manager.setup_log(sidecar_id)
+    except Exception:
+        return None
+
+
+def _setup_tokens(setup_log: Path | None) -> int:
+    """The setup log's tokens, counted once per snapshot (the count is kept beside it)."""
+    if setup_log is None or not setup_log.is_file():
+        return 0
+    counted = setup_log.with_name(SETUP_TOKENS)
+    with contextlib.suppress(OSError, ValueError):
+        return int(counted.read_text())
+    tokens = count_file_tokens(setup_log)
+    with contextlib.suppress(OSError):
+        partial = counted.with_name(f"{SETUP_TOKENS}.{os.getpid()}")
+        partial.write_text(str(tokens))
+        partial.replace(counted)
+    return tokens
+
+
+def _keep_durations(manager: SidecarManager, run: RunRecord) -> None:
+    for check in run.checks:
+        if check.durations:
+            try:
+                manager.store.put_test_durations(run.project, check.name, run.id, check.durations)
+            except Exception as exc:  # a courtesy to sharding: never lose the run over it
+                logger.warning("run %s: test durations not kept: %s", run.id, exc)
 
 
 def _held_tree(manager: SidecarManager, sidecar_id: str) -> str | None:
@@ -597,7 +657,7 @@ def cached_copy(
     )
     run.wall_s = time.monotonic() - started
     run.cpu_s = 0.0
-    _count_tokens(run, budget, raw=original.raw_tokens)
+    _count_tokens(run, budget, original=original)
     store.put_run(run)
     return run
 
@@ -647,7 +707,7 @@ def run_json(
         "cpu_s": round(run.cpu_s, 3),
         "checks": [check_json(run.id, c) for c in run.checks],
         "failures": report_json_failures(run),
-        "tokens": {"report": shown, "raw": run.raw_tokens},
+        "tokens": {"report": shown, "raw": run.raw_tokens, "checks": run.check_tokens},
         "report": report,
     }
 

@@ -289,6 +289,12 @@ class SidecarManager:
         except (RuntimeError_, OSError):
             return None
 
+    def setup_log(self, ident: str) -> Path:
+        """Where what the setup commands of a sidecar's snapshot printed is kept."""
+        record = self.store.get_sidecar(ident)
+        base = self.runtime(record.runtime).state_dir / "snapshots" / record.snapshot_id
+        return base / snapshot.SETUP_LOG
+
     def source_paths(self, ident: str) -> frozenset[str]:
         """The paths of the files the sidecar's workspace got from its snapshot's source tree and
         from syncs since: the project's tracked files, as far as the sidecar knows them."""

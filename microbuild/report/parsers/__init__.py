@@ -27,7 +27,16 @@ from microbuild.report.parsers import (
 )
 from microbuild.report.parsers._common import environmental, strip_ansi
 
-__all__ = ["PARSER_NAMES", "Instrumentation", "choose_parser", "instrument", "parse_output"]
+__all__ = [
+    "PARSER_NAMES",
+    "Instrumentation",
+    "choose_parser",
+    "instrument",
+    "parse_output",
+    "test_durations",
+]
+
+MAX_DURATIONS = 100_000
 
 PARSER_NAMES: tuple[str, ...] = (
     "pytest",
@@ -235,3 +244,24 @@ def parse_output(
         if failure.kind == "code" and environmental(failure.message):
             failure.kind = "environment"
     return result
+
+
+def test_durations(
+    parser: str, artifact: bytes, *, workspace: str = "/workspace"
+) -> dict[str, float]:
+    """Seconds per test id (the ids the report uses) from a JUnit artifact; empty when the
+    artifact cannot be read. Sharding uses them to balance shards."""
+    try:
+        report = junit.read(artifact)
+    except junit.JUnitError:
+        return {}
+    out: dict[str, float] = {}
+    for case in report.cases[:MAX_DURATIONS]:
+        if case.time is None or case.outcome == "skipped":
+            continue
+        if parser == "pytest":
+            test = pytest.node_id(case, workspace)[0]
+        else:
+            test = f"{case.classname}.{case.name}" if case.classname else case.name
+        out[test] = out.get(test, 0.0) + case.time
+    return out

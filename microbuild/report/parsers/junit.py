@@ -43,6 +43,8 @@ class Case:
     message: str = ""
     type: str = ""
     text: str = ""
+    time: float | None = None
+    """Seconds, when the runner timed it."""
 
 
 @dataclass
@@ -79,6 +81,7 @@ def _case(element: ET.Element) -> Case:
         file=element.get("file") or None,
         line=to_int(element.get("line")),
         outcome="passed",
+        time=_seconds(element.get("time")),
     )
     for child in element:
         tag = child.tag
@@ -95,6 +98,14 @@ def _case(element: ET.Element) -> Case:
         ]
         case.text = "\n".join(o for o in outputs if o.strip())[:MAX_TEXT]
     return case
+
+
+def _seconds(value: str | None) -> float | None:
+    try:
+        seconds = float(value) if value else None
+    except ValueError:
+        return None
+    return seconds if seconds is not None and 0 <= seconds < 1e7 else None
 
 
 def to_failure(case: Case, workspace: str) -> Failure:

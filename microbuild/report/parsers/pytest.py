@@ -222,7 +222,7 @@ def _text_failures(text: _Text, workspace: str) -> list[Failure]:
     return failures
 
 
-def _node_id(case: junit.Case, workspace: str) -> tuple[str, str | None]:
+def node_id(case: junit.Case, workspace: str) -> tuple[str, str | None]:
     """pytest's node id for a JUnit case, and the test's file."""
     file = relpath(case.file, workspace) if case.file else None
     parts = [p for p in case.classname.split(".") if p]
@@ -248,12 +248,12 @@ def _node_id(case: junit.Case, workspace: str) -> tuple[str, str | None]:
 def _xml_failures(report: junit.Report, workspace: str) -> list[Failure]:
     failures: list[Failure] = []
     for case in report.failing[:MAX_FAILURES]:
-        node_id, file = _node_id(case, workspace)
+        test_id, file = node_id(case, workspace)
         found = doctest.read(case.text, workspace)
         if found is not None:
             failures.append(
                 Failure(
-                    id=node_id,
+                    id=test_id,
                     message=found.message,
                     file=found.file or file,
                     line=found.line,
@@ -265,7 +265,7 @@ def _xml_failures(report: junit.Report, workspace: str) -> list[Failure]:
         message = tb.message or one_line(case.message) or case.type or case.outcome
         failures.append(
             Failure(
-                id=node_id,
+                id=test_id,
                 message=message,
                 file=tb.file or file,
                 line=tb.line if tb.file else None,
