@@ -87,6 +87,8 @@ CREATE TABLE IF NOT EXISTS check_results (
     total INTEGER,
     failed INTEGER,
     complete INTEGER NOT NULL DEFAULT 1,
+    stopped_after INTEGER,
+    not_run INTEGER,
     PRIMARY KEY (run_id, position)
 );
 CREATE TABLE IF NOT EXISTS test_durations (
@@ -130,7 +132,11 @@ MIGRATIONS = {
     ),
     # version 4 -> 5: the checks' own output in tokens (raw is the CI-style log), and per-test
     # durations from structured results (new table).
-    4: ("ALTER TABLE runs ADD COLUMN check_tokens INTEGER",),
+    4: (
+        "ALTER TABLE runs ADD COLUMN check_tokens INTEGER",
+        "ALTER TABLE check_results ADD COLUMN stopped_after INTEGER",
+        "ALTER TABLE check_results ADD COLUMN not_run INTEGER",
+    ),
 }
 
 SNAPSHOT_STATES = ("pending", "building", "ready", "failed")
@@ -227,6 +233,10 @@ class CheckResult:
     """How many of them failed, when the tool said."""
     complete: bool = True
     """False when the output was cut short (a timeout, a crash): more may have failed."""
+    stopped_after: int | None = None
+    """The tool stopped by itself after this many failures (pytest -x, --maxfail)."""
+    not_run: int | None = None
+    """With `stopped_after`: how many selected tests did not run, when the tool said."""
     durations: dict[str, float] = field(default_factory=dict, compare=False)
     """Seconds per test from the check's structured results; kept per test, not with the run."""
 
@@ -306,6 +316,8 @@ _CHECK_COLUMNS = (
     "total",
     "failed",
     "complete",
+    "stopped_after",
+    "not_run",
 )
 
 

@@ -114,7 +114,7 @@ def test_pytest_exitfirst_short_traceback_is_incomplete() -> None:
     assert failure.id == "tests/test_calc.py::test_add_wrong"
     assert failure.location == "tests/test_calc.py:13"
     assert failure.message == "AssertionError: assert 2 == 3"
-    assert not result.complete
+    assert not result.complete and result.stopped_after == 1
 
 
 def test_pytest_killed_run_names_the_running_test() -> None:

@@ -633,3 +633,54 @@ def test_json_failures_are_the_reports_entries(tmp_path: Path) -> None:
     ]
     assert shown[0]["ids"][:2] == ["tests/test_p.py::test_v[0]", "tests/test_p.py::test_v[1]"]
     assert len(shown[0]["ids"]) + shown[0]["more_ids"] == 52
+
+
+@pytest.mark.parametrize(
+    ("flags", "verdict_part"),
+    [
+        (["-x"], "1 failed; stopped after the first failure, 5 of 6 tests not run"),
+        (["--maxfail=2"], "2 failed; stopped after 2 failures, 4 of 6 tests not run"),
+        (["-x", "-q"], "1 failed; stopped after the first failure, the tests after it not run"),
+    ],
+)
+def test_a_suite_that_stopped_early_says_so(
+    tmp_path: Path, flags: list[str], verdict_part: str
+) -> None:
+    """Real pytest, 5 failing tests of 6: the report never reads as if 1 of 1 failed."""
+    project = tmp_path / "proj"
+    project.mkdir()
+    for i in range(5):
+        (project / f"test_m{i}.py").write_text(f"def test_a{i}():\n    assert {i} == -1\n")
+    (project / "test_ok.py").write_text("def test_ok():\n    pass\n")
+    proc = subprocess.run(
+        [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", *flags],
+        cwd=project,
+        capture_output=True,
+        text=True,
+    )
+    parsed = parse_output("pytest", proc.stdout, None, workspace=str(project))
+    run = make_run(tmp_path, parsed.failures, log=proc.stdout, parsed=parsed)
+    text = plain_report(run)
+    assert text.startswith(f"FAILED tests ({verdict_part}) in "), text
+    assert "drop it from the check's command in microbuild.toml to see every failure" in text
+    store = Store(tmp_path / "s.db")
+    store.put_run(run)
+    assert plain_report(store.get_run(run.id)) == text
+
+
+def test_a_suite_that_ran_to_the_end_says_nothing_of_stopping(tmp_path: Path) -> None:
+    project = tmp_path / "proj"
+    project.mkdir()
+    (project / "test_m.py").write_text(
+        "def test_a():\n    assert 1 == -1\n\ndef test_b():\n    pass\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-m", "pytest", "-p", "no:cacheprovider"],
+        cwd=project,
+        capture_output=True,
+        text=True,
+    )
+    parsed = parse_output("pytest", proc.stdout, None, workspace=str(project))
+    text = plain_report(make_run(tmp_path, parsed.failures, log=proc.stdout, parsed=parsed))
+    assert text.startswith("FAILED tests (1 of 2) in "), text
+    assert "stopped" not in text

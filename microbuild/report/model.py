@@ -64,3 +64,7 @@ class ParseResult:
     """How many of them failed, when the tool says (may exceed len(failures) after dedupe)."""
     complete: bool = True
     """False when the output was cut short (a timeout, a crash): more may have failed."""
+    stopped_after: int | None = None
+    """The tool stopped by itself after this many failures (pytest -x, --maxfail)."""
+    not_run: int | None = None
+    """With `stopped_after`: how many selected tests did not run, when the tool said."""

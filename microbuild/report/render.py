@@ -100,6 +100,8 @@ def record_summary(check: CheckResult, result: ParseResult) -> None:
     check.total = result.total
     check.failed = result.failed
     check.complete = result.complete
+    check.stopped_after = result.stopped_after
+    check.not_run = result.not_run
 
 
 def read_summary(check: CheckResult) -> ParseSummary | None:
@@ -335,6 +337,16 @@ def _failed_count(check: CheckResult, summary: ParseSummary | None) -> str:
         return _plural(found, "finding")
     failed = summary.failed if summary is not None and summary.failed is not None else found
     total = summary.total if summary is not None else None
+    if check.stopped_after is not None:
+        first = (
+            "the first failure" if check.stopped_after == 1 else f"{check.stopped_after} failures"
+        )
+        not_run = (
+            f"{check.not_run} of {total} tests not run"
+            if check.not_run is not None and total
+            else "the tests after it not run"
+        )
+        return f"{failed or found} failed; stopped after {first}, {not_run}"
     if failed and total:
         return f"{failed} of {total}"
     if failed:
@@ -402,6 +414,11 @@ class _Section:
         )
         if bare:
             out.append(f"… excerpts of {_plural(bare, 'failure')} left out")
+        if self.check.stopped_after is not None and self.check.status == "failed":
+            out.append(
+                "… the tool stopped early (-x, --maxfail, a fail-fast option): drop it from "
+                "the check's command in microbuild.toml to see every failure"
+            )
         if self.incomplete and self.check.status != "failed":
             # A tool that stopped by itself (pytest -x) was not cut short.
             out.append("… the output was cut short: more may have failed")

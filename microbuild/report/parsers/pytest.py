@@ -27,6 +27,8 @@ _COUNTS = re.compile(
     r"^(?:=+ )?(?P<counts>(?:\d+ [a-z]+(?:, )?)+|no tests ran) in [\d.]+s(?: \([^)]*\))?(?: =+)?$"
 )
 _COUNT = re.compile(r"(\d+) ([a-z]+)")
+_COLLECTED = re.compile(r"^collected (?P<n>\d+) items?(?: / (?P<deselected>\d+) deselected)?")
+_STOPPING = re.compile(r"stopping after (?P<n>\d+) failures?")
 _PROGRESS = re.compile(
     r"^(?P<id>[^\s:]+\.py::\S+?)(?: (?P<outcome>PASSED|FAILED|ERROR|SKIPPED|XFAIL|XPASS))?"
     r"(?:\s+\[\s*\d+%\])?\s*$"
@@ -59,6 +61,8 @@ class _Text:
     running: str | None = None
     usage_errors: list[str] = field(default_factory=list)
     conftest_error: list[str] = field(default_factory=list)
+    selected: int | None = None
+    stopped_after: int | None = None
 
 
 def _read_text(log: str) -> _Text:
@@ -96,8 +100,16 @@ def _read_text(log: str) -> _Text:
                 block.lines.append(line)
             continue
         if line.startswith("!"):
-            if "stopping after" in line or "Interrupted" in line or "KeyboardInterrupt" in line:
+            stopping = _STOPPING.search(line)
+            if stopping:
+                text.stopped_after = int(stopping["n"])
+                text.cut_short = True  # more may have failed
+            elif "Interrupted" in line or "KeyboardInterrupt" in line:
                 text.cut_short = True
+            continue
+        collected = _COLLECTED.match(line) if line.startswith("collected ") else None
+        if collected:
+            text.selected = int(collected["n"]) - int(collected["deselected"] or 0)
             continue
         if in_summary:
             summary = _SUMMARY.match(line)
@@ -311,6 +323,17 @@ def parse(log: str, artifact: bytes | None, *, workspace: str = "/workspace") ->
             total, failed = len(report.cases), len(report.failing) + len(extra)
     _classify(failures, log)
     complete = not text.cut_short and (text.finished or report is not None)
+    not_run: int | None = None
+    if text.stopped_after is not None and text.selected is not None:
+        ran = sum(n for w, n in text.counts.items() if w in _TEST_OUTCOMES and w != "deselected")
+        not_run = max(0, text.selected - ran) if text.finished else None
+        total = text.selected
     return ParseResult(
-        parser="pytest", failures=failures, total=total, failed=failed, complete=complete
+        parser="pytest",
+        failures=failures,
+        total=total,
+        failed=failed,
+        complete=complete,
+        stopped_after=text.stopped_after,
+        not_run=not_run,
     )
