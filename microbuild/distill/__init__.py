@@ -11,8 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from microbuild.distill import circleci, github, gitlab
-from microbuild.distill.steps import TIMEOUTS, Distiller, Drop, PythonNeeds, python_needs
+from microbuild.distill import circleci, github, gitlab, precommit
+from microbuild.distill.steps import Distiller, Drop, PythonNeeds, python_needs
 from microbuild.distill.tasks import distill_tasks
 
 __all__ = ["Distilled", "PythonNeeds", "distill"]
@@ -35,6 +35,7 @@ class Distilled:
 def distill(root: Path) -> Distilled:
     """Read the CI of ``root``; raises ConfigError for a CI file that is not valid YAML."""
     out = Distiller()
+    out.intercept = lambda step: precommit.distil(root, step, out)
     sources: list[str] = []
     for reader in (circleci.distill, github.distill, gitlab.distill):
         sources += reader(root, out)
@@ -46,8 +47,9 @@ def distill(root: Path) -> Distilled:
 
 
 def _result(root: Path, out: Distiller, sources: list[str]) -> Distilled:
-    checks = tuple((name, cmd, TIMEOUTS[name]) for name, cmd in out.check_commands())
+    checks = tuple((name, cmd, out.timeout(name)) for name, cmd in out.check_commands())
     needs = python_needs(out.python_setup)
+    needs.tools = list(out.tools)
     for rel in needs.requirement_files:
         if (root / rel).is_file():
             out.input(rel)

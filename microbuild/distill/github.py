@@ -301,6 +301,12 @@ def _action(
             (f"{label}: {short(uses)}", "uv installs are written as .venv pip installs", rel)
         )
         return
+    if base in ("pre-commit/action", "j178/prek-action"):
+        given = (with_ or {}).get("extra_args", (with_ or {}).get("extra-args"))
+        extra = _eval(str(given or "--all-files"), matrix, {}, rel, label, out)
+        tool = "prek" if base == "j178/prek-action" else "pre-commit"
+        out.add(Step(f"{tool} run {extra}", rel, f"{label}: {short(uses)}"))
+        return
     reason = _ACTIONS.get(base) or next(
         (why for prefix, why in _ACTIONS.items() if action.startswith(prefix)), None
     )
