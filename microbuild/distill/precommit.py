@@ -43,10 +43,19 @@ _MAX_ARG = 1000
 _VERSION_RE = re.compile(r"\d+(?:\.\d+)*(?:(?:a|b|rc)\d+)?(?:\.post\d+)?(?:\.dev\d+)?")
 _NAME = r"[A-Za-z0-9](?:[A-Za-z0-9._-]*[A-Za-z0-9])?"
 _SPEC = r"(?:===|==|!=|~=|<=|>=|<|>)\s*[A-Za-z0-9.*+!_-]+"
+_MARKER_VARS = (
+    "python_version|python_full_version|os_name|sys_platform|platform_release|platform_system"
+    "|platform_version|platform_machine|platform_python_implementation|implementation_name"
+    "|implementation_version|extra"
+)
+_MARKER_TERM = (
+    rf"\(?\s*(?:{_MARKER_VARS})\s*(?:===|==|!=|~=|<=|>=|<|>|not\s+in|in)\s*"
+    r"(?:'[A-Za-z0-9._ *+-]*'|\"[A-Za-z0-9._ *+-]*\")\s*\)?"
+)
 _REQUIREMENT_RE = re.compile(
     rf"{_NAME}(?:\s*\[\s*{_NAME}(?:\s*,\s*{_NAME})*\s*\])?"
     rf"(?:\s*{_SPEC}(?:\s*,\s*{_SPEC})*)?"
-    r"(?:\s*;\s*[A-Za-z0-9_.\s'\"<>=!~()-]+)?"
+    rf"(?:\s*;\s*{_MARKER_TERM}(?:\s+(?:and|or)\s+{_MARKER_TERM})*)?"
 )
 """``name[extras] specifiers ; marker``: no URL, path or pip option can pass."""
 _STAGE_ALIASES = {"commit": "pre-commit", "push": "pre-push", "merge-commit": "pre-merge-commit"}
@@ -144,6 +153,8 @@ _REPOS: dict[str, dict[str, _Tool]] = {
     "psf/black-pre-commit-mirror": _BLACK,
     "pycqa/isort": _ISORT,
     "timothycrosley/isort": _ISORT,
+    "pre-commit/mirrors-isort": _ISORT,
+    "econchick/interrogate": {"interrogate": _Tool("interrogate", ("interrogate",), paths="")},
     "pycqa/flake8": {"flake8": _Tool("flake8", ("flake8",), paths="")},
     "pre-commit/mirrors-mypy": {"mypy": _MYPY},
     "codespell-project/codespell": {
@@ -236,12 +247,27 @@ def distil(root: Path, step: Step, out: Distiller) -> bool:
     return True
 
 
+_EXPANDING: set[tuple[Path, str]] = set()
+"""The Makefile targets being expanded: a recipe that makes its own target again is not."""
+
+
 def _make(root: Path, step: Step, args: list[str], out: Distiller) -> bool:
     """``make TARGET`` whose recipe runs pre-commit: the recipe's lines, which ``add`` expands."""
     target = next((a for a in args if not a.startswith("-") and "=" not in a), None)
     makefile = root / (step.cwd or ".") / "Makefile"
-    if target is None or not makefile.is_file():
+    if target is None or not makefile.is_file() or not _inside(makefile, root):
         return False
+    key = (makefile.resolve(), target)
+    if key in _EXPANDING:
+        return False
+    _EXPANDING.add(key)
+    try:
+        return _make_recipe(makefile, target, step, out)
+    finally:
+        _EXPANDING.discard(key)
+
+
+def _make_recipe(makefile: Path, target: str, step: Step, out: Distiller) -> bool:
     text = makefile.read_text(encoding="utf-8", errors="replace")
     match = re.search(rf"^{re.escape(target)}\s*:[^=\n]*\n((?:\t.*\n?)*)", text, re.MULTILINE)
     recipe = [line.strip().lstrip("@-").strip() for line in (match[1] if match else "").split("\n")]
@@ -256,6 +282,13 @@ def _make(root: Path, step: Step, args: list[str], out: Distiller) -> bool:
         if line:
             out.add(Step(line, "Makefile", where, step.cwd, step.env))
     return True
+
+
+def _inside(path: Path, root: Path) -> bool:
+    try:
+        return path.resolve().is_relative_to(root.resolve())
+    except (OSError, RuntimeError):
+        return False
 
 
 def _runs_precommit(line: str) -> bool:
@@ -292,10 +325,7 @@ class _Expansion:
         if config is None:
             config = next((c for c in CONFIG_FILES if (base / c).is_file()), CONFIG_FILES[0])
         path = base / config
-        try:
-            inside = path.resolve().is_relative_to(self.root.resolve())
-        except (OSError, RuntimeError):
-            inside = False
+        inside = _inside(path, self.root)
         self.rel = _show(path.relative_to(self.root).as_posix() if inside else config, limit=200)
         if not inside or not path.is_file():
             why = "is outside the project" if not inside else "does not exist"
@@ -739,7 +769,13 @@ def _assigned(command: str, key: str) -> str:
 
 
 def _show(value: object, limit: int = 60) -> str:
-    """An untrusted value as shown in a note: printable, and short."""
-    text = value if isinstance(value, str) else repr(value)
+    """An untrusted value as shown in a note: printable, and short (a list or mapping by its
+    type alone: YAML aliases can make its text exponentially long)."""
+    if isinstance(value, str):
+        text = value
+    elif value is None or isinstance(value, bool | int | float):
+        text = repr(value)
+    else:
+        text = f"a {type(value).__name__}"
     text = "".join(c if c.isprintable() else "?" for c in text)
     return text if len(text) <= limit else text[: limit - 3] + "..."
