@@ -586,6 +586,73 @@ repos:
     assert "dropped pre-commit hook pylint: listed in `ci: skip:`" in stderr
 
 
+def test_pre_commit_ci_is_a_ci(tmp_path: Path) -> None:
+    """No CI step runs pre-commit, but the file configures pre-commit.ci (`ci:`): pre-commit.ci
+    runs it on every pull request, so its hooks are checks too; without `ci:` they are not."""
+    config = """\
+ci:
+  autofix_prs: false
+repos:
+  - repo: https://github.com/astral-sh/ruff-pre-commit
+    rev: v0.6.9
+    hooks:
+      - id: ruff-format
+"""
+    tests_job = "on: [push]\njobs:\n  t:\n    runs-on: x\n    steps:\n      - run: pytest\n"
+    root = project(tmp_path, config, tests_job)
+    raw, stderr = run_init(root)
+    assert checks(raw) == {
+        "pre-commit.ruff-format": "ruff format --check --force-exclude .",
+        "tests": "pytest",
+    }
+    assert "kept    pre-commit.ci: `pre-commit run --all-files`: expanded through" in stderr
+    without = project(
+        tmp_path / "plain", config.replace("ci:\n  autofix_prs: false\n", ""), tests_job
+    )
+    assert checks(run_init(without)[0]) == {"tests": "pytest"}
+
+
+def test_action_extra_args_exclude_types_and_a_foreign_mypy(tmp_path: Path) -> None:
+    """The action's extra_args pick one hook; exclude_types narrows the file list; a `mypy` hook
+    from a repository that is not mypy's mirror runs mypy, unpinned (its rev is not mypy's)."""
+    workflow = ACTION_JOB + "        with:\n          extra_args: codespell --all-files\n"
+    workflow += "  types:\n    runs-on: x\n    steps:\n      - run: pre-commit run mypy -a\n"
+    config = """\
+repos:
+  - repo: https://github.com/codespell-project/codespell
+    rev: v2.3.0
+    hooks:
+      - id: codespell
+        exclude_types: [json, yaml]
+  - repo: https://github.com/someone/mypy-hooks
+    rev: v9
+    hooks:
+      - id: mypy
+        pass_filenames: false
+        args: [src]
+  - repo: https://github.com/astral-sh/ruff-pre-commit
+    rev: v0.6.9
+    hooks:
+      - id: ruff
+"""
+    root = project(tmp_path, config, workflow, **{"data.json": "{}", "ci.yml": "", "a.txt": ""})
+    raw, stderr = run_init(root)
+    found = checks(raw)
+    assert list(found) == ["pre-commit.codespell", "pre-commit.mypy"]
+    assert found["pre-commit.mypy"] == "mypy src"
+    assert listed(found["pre-commit.codespell"], root) == [
+        "a.txt",
+        "microbuild.toml",
+        "pyproject.toml",
+        "src/demo/__init__.py",
+    ]
+    assert install(raw)[-2:] == ["codespell==2.3.0", "mypy"]
+    assert (
+        "dropped pin of mypy: https://github.com/someone/mypy-hooks is not mypy's own repository"
+        in stderr
+    )
+
+
 # ---------------------------------------------------------------------------
 # broken and hostile configurations
 
@@ -629,7 +696,7 @@ def test_missing_config(tmp_path: Path) -> None:
 def test_config_outside_the_project_is_not_read(tmp_path: Path) -> None:
     (tmp_path / "evil.yaml").write_text(TERMCOLOR)
     workflow = LINT_JOB.format(command="pre-commit run -a -c ../evil.yaml")
-    root = project(tmp_path, TERMCOLOR, workflow)
+    root = project(tmp_path, "repos: []\n", workflow)
     raw, stderr = run_init(root)
     assert hook_checks(raw) == {}
     assert "pre-commit: ../evil.yaml is outside the project" in stderr

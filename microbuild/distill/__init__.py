@@ -1,7 +1,8 @@
 """Distil a project's CI (CircleCI, GitHub Actions, GitLab) or task runners into checks.
 
 The CI systems are read first; when none yields a check, tox.ini / noxfile.py / Makefile /
-package.json are. Python installs are not copied literally (CI installs into a throw-away
+package.json are; then a .pre-commit-config.yaml that pre-commit.ci runs (one with a ``ci:``
+table) and no CI step did. Python installs are not copied literally (CI installs into a throw-away
 machine's system Python): they are read into :class:`PythonNeeds`, which `microbuild init`
 writes as one install into the snapshot's ``.venv``.
 """
@@ -43,6 +44,7 @@ def distill(root: Path) -> Distilled:
         if sources:
             out.drop("CI", f"{', '.join(sources)} yield no check; reading task runners", None)
         sources = distill_tasks(root, out)
+    sources += precommit.pre_commit_ci(root, out)
     return _result(root, out, sources)
 
 

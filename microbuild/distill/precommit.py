@@ -32,7 +32,7 @@ from microbuild.distill.steps import (
 )
 from microbuild.errors import ConfigError
 
-__all__ = ["CONFIG_FILES", "distil"]
+__all__ = ["CONFIG_FILES", "distil", "pre_commit_ci"]
 
 CONFIG_FILES = (".pre-commit-config.yaml", ".pre-commit-config.yml")
 _PROGRAMS = {"pre-commit", "pre_commit", "prek"}
@@ -247,6 +247,29 @@ def distil(root: Path, step: Step, out: Distiller) -> bool:
     return True
 
 
+def pre_commit_ci(root: Path, out: Distiller) -> list[str]:
+    """pre-commit.ci is a CI too: a configuration with a ``ci:`` table that no CI step ran is
+    expanded as pre-commit.ci runs it (``pre-commit run --all-files``). Returns the files read."""
+    rel = next((c for c in CONFIG_FILES if (root / c).is_file()), None)
+    if (
+        rel is None
+        or any(f == rel for _, _, f in out.kept)
+        or any(d.file == rel for d in out.dropped)
+    ):
+        return []
+    try:
+        size = (root / rel).stat().st_size
+        head = (
+            (root / rel).read_text(encoding="utf-8", errors="replace") if size < _MAX_BYTES else ""
+        )
+    except OSError:
+        return []
+    if not re.search(r"^ci\s*:", head, re.MULTILINE):
+        return []
+    out.add(Step("pre-commit run --all-files", rel, "pre-commit.ci"))
+    return [rel]
+
+
 _EXPANDING: set[tuple[Path, str]] = set()
 """The Makefile targets being expanded: a recipe that makes its own target again is not."""
 
@@ -412,7 +435,8 @@ class _Expansion:
         found: list[_Hook] = []
         for entry in repos:
             if not isinstance(entry, dict) or not isinstance(entry.get("hooks"), list):
-                self._skip("pre-commit repo", f"{_show(entry)} has no hooks list")
+                what = _show(entry.get("repo")) if isinstance(entry, dict) else _show(entry)
+                self._skip("pre-commit repo", f"{what} has no hooks list")
                 continue
             repo = str(entry.get("repo", ""))
             rev = str(entry.get("rev", ""))
@@ -476,7 +500,7 @@ class _Expansion:
         argv = [*tool.argv, *args]
         command = self._with_files(hook, tool.paths, tool.types, tool.files, argv)
         if command is None:
-            self._skip(where, f"its file types {_show(hook.data.get('types'))} cannot be listed")
+            self._skip(where, f"its file types ({_types_text(hook)}) cannot be listed")
             return
         requirement = self._requirement(hook, tool.package, pinned)
         deps = self._deps(hook, where)
@@ -532,16 +556,9 @@ class _Expansion:
                 self._skip(where, verdict.reason)
                 return
             kind = "lint"
-        pass_filenames = hook.data.get("pass_filenames", True) is not False
-        types = _types(hook.data.get("types"), hook.data.get("types_or"))
-        if types is None:
-            self._skip(where, f"its file types {_show(hook.data.get('types'))} cannot be listed")
-            return
-        listed = self._with_files(
-            hook, "files" if pass_filenames else "", types, "", shlex.split(command)
-        )
+        listed = self._with_files(hook, "files", ("file",), "", shlex.split(command))
         if listed is None:
-            self._skip(where, f"its file types {_show(hook.data.get('types'))} cannot be listed")
+            self._skip(where, f"its file types ({_types_text(hook)}) cannot be listed")
             return
         deps = self._deps(hook, where) if language == "python" else []
         self._check(hook, where, kind, listed, f"local, language {language}")
@@ -557,20 +574,20 @@ class _Expansion:
             return shlex.join(argv)
         hook_files = _regex(hook.data.get("files")) or files
         hook_exclude = _regex(hook.data.get("exclude")) or ""
-        filtered = bool(hook_files or hook_exclude or self.global_files or self.global_exclude)
-        if paths != "files" and not filtered:
+        excluded = _strings(hook.data.get("exclude_types")) or []
+        filtered = hook_files or hook_exclude or self.global_files or self.global_exclude
+        if paths != "files" and not filtered and not excluded:
             return shlex.join([*argv, "."] if paths == "." else argv)
         if "types" in hook.data or "types_or" in hook.data:
             types = _types(hook.data.get("types"), hook.data.get("types_or"))
         else:
             types = default_types
-        if types is None:
+        if types is None or any(t not in _TYPE_GLOBS for t in excluded):
             return None
-        globs = [g for t in types for g in _TYPE_GLOBS.get(t, ())]
+        select = _names([g for t in types for g in _TYPE_GLOBS.get(t, ())])
+        if excluded:
+            select += f"! {_names([g for t in excluded for g in _TYPE_GLOBS[t]])}"
         prune = " -o ".join(f"-name {p}" for p in _PRUNE)
-        select = (
-            f"\\( {' -o '.join(f'-name {shlex.quote(g)}' for g in globs)} \\) " if globs else ""
-        )
         parts = [f"find . \\( {prune} \\) -prune -o -type f {select}-print", "sed 's|^\\./||'"]
         for regex in (self.global_files, hook_files):
             if regex:
@@ -621,13 +638,31 @@ class _Expansion:
         self.used[name] = command
         if name not in self.made:
             self.made.append(name)
-        step = Step(command, self.rel, f"{self.step.where}: {where}", self.step.cwd, self.step.env)
+        env = tuple(
+            (k, v) for k, v in self.step.env if k != "SKIP" and not k.startswith("PRE_COMMIT")
+        )
+        step = Step(command, self.rel, f"{self.step.where}: {where}", self.step.cwd, env)
         self.out.add(step, Verdict(kind, f"check {name}, from {origin}", check=name))
 
     def _install(self, requirements: list[str]) -> None:
         for requirement in requirements:
             if requirement not in self.out.tools:
                 self.out.tools.append(requirement)
+
+
+def _names(globs: list[str]) -> str:
+    """``find`` tests matching any of ``globs`` (nothing for none: every file)."""
+    if not globs:
+        return ""
+    return f"\\( {' -o '.join(f'-name {shlex.quote(g)}' for g in globs)} \\) "
+
+
+def _types_text(hook: _Hook) -> str:
+    given = [
+        *(_strings(hook.data.get("types")) or []),
+        *(_strings(hook.data.get("types_or")) or []),
+    ]
+    return ", ".join(_show(t) for t in given) or "any file"
 
 
 def _run_options(args: list[str]) -> tuple[str | None, str, str | None]:
