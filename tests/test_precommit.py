@@ -219,6 +219,8 @@ def test_termcolor_config_through_tox_lint(tmp_path: Path) -> None:
     assert found["pre-commit.black"] == "black --check ."
     assert found["pre-commit.mypy"] == "mypy --strict --pretty --show-error-codes ."
     assert found["pre-commit.check-yaml"].endswith(" | xargs -r -d '\\n' check-yaml")
+    # The console script of debug-statements is not named like the hook.
+    assert found["pre-commit.debug-statements"].endswith("xargs -r -d '\\n' debug-statement-hook")
     assert raw["check"][-1]["timeout_s"] == 600  # mypy: a types check
     # The tools, pinned from each hook's rev; mypy's additional dependency too.
     # (mypy's additional dependency pytest comes with the tests extra already.)
@@ -488,6 +490,12 @@ repos:
         entry: '\\bprint\\('
         language: pygrep
         types: [python]
+      - id: bad-names
+        name: changelog names
+        entry: changelog files must be named NNN.(bugfix|feature).rst
+        language: fail
+        files: ^changelog/
+        exclude: ^changelog/\\d+\\.(bugfix|feature)\\.rst$
       - id: hadolint
         name: hadolint
         entry: hadolint/hadolint:v2.12.0 hadolint
@@ -511,17 +519,29 @@ def test_local_hooks_through_uvx_prek(tmp_path: Path) -> None:
     root = project(tmp_path, LOCAL, LINT_JOB.format(command="uvx prek run --all-files"))
     raw, stderr = run_init(root)
     found = checks(raw)
-    assert list(found) == ["pre-commit.pylint", "pre-commit.ruff-fix", "pre-commit.check-headers"]
+    assert list(found) == [
+        "pre-commit.pylint",
+        "pre-commit.ruff-fix",
+        "pre-commit.no-print",
+        "pre-commit.check-headers",
+    ]
     pylint = found["pre-commit.pylint"]
     assert pylint.endswith("| xargs -r -d '\\n' pylint --rcfile=.pylintrc --disable=fixme")
     assert listed(pylint, root) == ["src/demo/__init__.py"]
     # A local ruff hook that fixes is run check-only, like ruff from a CI line.
     assert found["pre-commit.ruff-fix"] == "ruff check"
     assert found["pre-commit.check-headers"] == "./scripts/check_headers.py"
+    # pygrep is pre-commit's own module, run as pre-commit runs it (the package is installed).
+    pygrep = found["pre-commit.no-print"]
+    assert pygrep.endswith(
+        "| xargs -r -d '\\n' python -m pre_commit.languages.pygrep '\\bprint\\('"
+    )
+    assert listed(pygrep, root) == ["src/demo/__init__.py"]
+    assert "pre-commit" in install(raw)
     for note in (
         "dropped pre-commit hook unit: runs at stages pre-push, not pre-commit",
         "dropped pre-commit hook slow: runs at stages manual, not pre-commit",
-        "dropped pre-commit hook no-print: a pygrep hook",
+        "dropped pre-commit hook bad-names: a `fail` hook",
         "dropped pre-commit hook hadolint: language docker_image",
         "dropped pre-commit hook audit: security scan",
     ):
@@ -547,6 +567,7 @@ jobs:
     raw, stderr = run_init(root)
     assert list(checks(raw)) == [
         "pre-commit.ruff-fix",
+        "pre-commit.no-print",
         "pre-commit.check-headers",
         "pre-commit.slow",
     ]
@@ -855,3 +876,75 @@ def test_generated_ruff_checks_fail_without_touching_files(tmp_path: Path) -> No
     assert "2 files would be reformatted" in outputs["pre-commit.ruff-format"]
     assert "src/demo/bad.py" in outputs["pre-commit.ruff-2"]
     assert "other/bad.py" not in outputs["pre-commit.ruff-2"]
+
+
+END_TO_END = """\
+repos:
+  - repo: https://github.com/astral-sh/ruff-pre-commit
+    rev: v0.6.9
+    hooks:
+      - id: ruff
+        args: [--fix]
+      - id: ruff-format
+  - repo: https://github.com/psf/black-pre-commit-mirror
+    rev: 24.8.0
+    hooks:
+      - id: black
+  - repo: https://github.com/pycqa/isort
+    rev: 5.13.2
+    hooks:
+      - id: isort
+  - repo: https://github.com/pre-commit/pre-commit-hooks
+    rev: v4.6.0
+    hooks:
+      - id: check-yaml
+      - id: debug-statements
+  - repo: local
+    hooks:
+      - id: no-print
+        name: no print()
+        entry: '\\bprint\\('
+        language: pygrep
+        types: [python]
+"""
+
+
+@pytest.mark.slow
+def test_generated_setup_installs_the_pins_and_every_check_fails_on_bad_code(
+    tmp_path: Path,
+) -> None:
+    """The snapshot setup init writes installs the pinned hook tools (from PyPI), and each
+    generated check, run in the project, fails on the file that breaks its rule and leaves
+    every file as it was."""
+    bad = "import sys\nimport os\nx = {  'a':1 }\nbreakpoint()\nprint(x)\n"
+    root = project(tmp_path, END_TO_END, **{"src/demo/bad.py": bad, "conf.yaml": "a: [\n"})
+    raw, _ = run_init(root)
+    for line in raw["snapshot"]["setup"]:
+        subprocess.run(["sh", "-c", line], cwd=root, check=True, capture_output=True, timeout=600)
+    found = checks(raw)
+    assert list(found) == [
+        "pre-commit.ruff",
+        "pre-commit.ruff-format",
+        "pre-commit.black",
+        "pre-commit.isort",
+        "pre-commit.check-yaml",
+        "pre-commit.debug-statements",
+        "pre-commit.no-print",
+    ]
+    venv = root / ".venv" / "bin"
+    version = subprocess.run(
+        [str(venv / "black"), "--version"], capture_output=True, text=True, check=True
+    )
+    assert version.stdout.startswith("black, 24.8.0")
+    env = {**os.environ, "PATH": f"{venv}{os.pathsep}{os.environ['PATH']}"}
+    sources = [p for p in root.rglob("*") if p.is_file() and ".venv" not in p.parts]
+    before = {p: p.read_bytes() for p in sources if ".git" not in p.parts}
+    for name, command in found.items():
+        proc = subprocess.run(
+            ["sh", "-c", command], cwd=root, env=env, capture_output=True, text=True, timeout=300
+        )
+        output = proc.stdout + proc.stderr
+        assert proc.returncode != 0, f"{name} passed: {output}"
+        culprit = "conf.yaml" if name == "pre-commit.check-yaml" else "bad.py"
+        assert culprit in output, f"{name}: {output}"
+    assert {p: p.read_bytes() for p in before} == before

@@ -193,8 +193,11 @@ _CHECKERS: dict[str, tuple[tuple[str, ...], str]] = {
     "pretty-format-json": (("json",), ""),
     "detect-private-key": (("text",), ""),
     "check-vcs-permalinks": (("text",), ""),
+    "check-illegal-windows-names": (("file",), ""),
 }
 """pre-commit-hooks' checkers: (types, the manifest's ``files``). They take file names only."""
+_ENTRIES = {"debug-statements": "debug-statement-hook"}
+"""pre-commit-hooks' console scripts not named like their hook."""
 _FIXERS = {
     "trailing-whitespace",
     "end-of-file-fixer",
@@ -222,12 +225,16 @@ _REWRITERS = {
     "asottile/pyupgrade": "pyupgrade",
     "asottile/add-trailing-comma": "add-trailing-comma",
     "asottile/reorder-python-imports": "reorder-python-imports",
+    "asottile/reorder_python_imports": "reorder-python-imports",
     "asottile/setup-cfg-fmt": "setup-cfg-fmt",
     "myint/autoflake": "autoflake",
     "hadialqattan/pycln": "pycln",
     "macisamuele/language-formatter-pre-commit-hooks": "the pretty-format hooks",
 }
 """Hooks that rewrite files and have no mode that only reports."""
+_ELSEWHERE = {
+    "pre-commit/pygrep-hooks": "its hooks' regexes are defined in that repository (not fetched)",
+}
 _NODE_REPOS = {
     "pre-commit/mirrors-prettier",
     "pre-commit/mirrors-eslint",
@@ -482,6 +489,8 @@ class _Expansion:
         if tool is None:
             if slug in _REWRITERS:
                 why = f"{_REWRITERS[slug]} rewrites files and has no check-only mode"
+            elif slug in _ELSEWHERE:
+                why = _ELSEWHERE[slug]
             elif slug in _NODE_REPOS:
                 why = "a Node hook (pre-commit installs its npm packages with the network)"
             elif tools is not None:
@@ -522,13 +531,17 @@ class _Expansion:
             self._skip(where, "with --autofix it rewrites files (a check never rewrites)")
             return
         types, files = _CHECKERS[hook_id]
-        tool = _Tool("pre-commit-hooks", (hook_id,), paths="files", types=types, files=files)
+        script = _ENTRIES.get(hook_id, hook_id)
+        tool = _Tool("pre-commit-hooks", (script,), paths="files", types=types, files=files)
         self._tool(hook, where, tool, args, pinned=True)
 
     def _local(self, hook: _Hook, where: str, args: list[str]) -> None:
         language = str(hook.data.get("language", ""))
         if language == "pygrep":
-            self._skip(where, "a pygrep hook (its Python regex is not translated to grep)")
+            self._pygrep(hook, where, args)
+            return
+        if language == "fail":
+            self._skip(where, "a `fail` hook (it rejects files by their names) is not translated")
             return
         if language not in ("system", "python", "unsupported", "script", "unsupported_script"):
             self._skip(where, f"language {_show(language)}: pre-commit would build its environment")
@@ -563,6 +576,29 @@ class _Expansion:
         deps = self._deps(hook, where) if language == "python" else []
         self._check(hook, where, kind, listed, f"local, language {language}")
         self._install(deps)
+
+    def _pygrep(self, hook: _Hook, where: str, args: list[str]) -> None:
+        """pre-commit's own pygrep (``python -m pre_commit.languages.pygrep``), as pre-commit
+        runs it: a match in a file is a finding."""
+        entry = hook.data.get("entry")
+        if isinstance(entry, str) and re.match(r"\(\?[a-z]*x", entry):
+            entry = _unverbose(entry)
+        elif isinstance(entry, str):
+            entry = entry.strip("\n")
+        try:
+            valid = isinstance(entry, str) and _plain(entry) and bool(re.compile(entry))
+        except (re.error, RecursionError, OverflowError):
+            valid = False
+        if not valid or not isinstance(entry, str) or entry.startswith("-"):
+            self._skip(where, "its entry is not a valid one-line Python regex")
+            return
+        argv = ["python", "-m", "pre_commit.languages.pygrep", *args, entry]
+        command = self._with_files(hook, "files", ("file",), "", argv)
+        if command is None:
+            self._skip(where, f"its file types ({_types_text(hook)}) cannot be listed")
+            return
+        self._check(hook, where, "lint", command, "local, language pygrep")
+        self._install(["pre-commit"])
 
     # -- pieces
 
