@@ -473,6 +473,12 @@ repos:
         entry: ruff check --fix
         language: system
         pass_filenames: false
+      - id: ruff-old
+        name: ruff, as pydantic ran it before ruff 0.5
+        entry: ruff
+        args: [--fix]
+        language: system
+        types: [python]
       - id: unit
         name: unit tests
         entry: python -m pytest -q tests/unit
@@ -522,6 +528,7 @@ def test_local_hooks_through_uvx_prek(tmp_path: Path) -> None:
     assert list(found) == [
         "pre-commit.pylint",
         "pre-commit.ruff-fix",
+        "pre-commit.ruff-old",
         "pre-commit.no-print",
         "pre-commit.check-headers",
     ]
@@ -530,6 +537,7 @@ def test_local_hooks_through_uvx_prek(tmp_path: Path) -> None:
     assert listed(pylint, root) == ["src/demo/__init__.py"]
     # A local ruff hook that fixes is run check-only, like ruff from a CI line.
     assert found["pre-commit.ruff-fix"] == "ruff check"
+    assert found["pre-commit.ruff-old"].endswith("| xargs -r -d '\\n' ruff check")
     assert found["pre-commit.check-headers"] == "./scripts/check_headers.py"
     # pygrep is pre-commit's own module, run as pre-commit runs it (the package is installed).
     pygrep = found["pre-commit.no-print"]
@@ -567,6 +575,7 @@ jobs:
     raw, stderr = run_init(root)
     assert list(checks(raw)) == [
         "pre-commit.ruff-fix",
+        "pre-commit.ruff-old",
         "pre-commit.no-print",
         "pre-commit.check-headers",
         "pre-commit.slow",

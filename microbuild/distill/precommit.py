@@ -132,6 +132,17 @@ _RUFF = {
     ),
 }
 _RUFF["ruff-check"] = _RUFF["ruff"]
+_RUFF_COMMANDS = {
+    "check",
+    "format",
+    "rule",
+    "config",
+    "linter",
+    "clean",
+    "server",
+    "version",
+    "analyze",
+}
 _BLACK = {
     "black": _Tool("black", ("black", "--check"), types=("python", "pyi")),
     "black-jupyter": _Tool(
@@ -556,6 +567,8 @@ class _Expansion:
             return
         if language in ("script", "unsupported_script") and not words[0].startswith(("/", "./")):
             words[0] = f"./{words[0]}"
+        if words[0].rsplit("/", 1)[-1] == "ruff" and (words[1:2] or ["-"])[0] not in _RUFF_COMMANDS:
+            words.insert(1, "check")  # `ruff FILES` was `ruff check FILES` before ruff 0.5
         command = shlex.join([*words, *args])
         name, _ = program(command)
         if name in _PROGRAMS:
