@@ -582,7 +582,44 @@ jobs:
     ]
     assert checks(raw)["pre-commit.slow"] == "python -m pytest -q tests/slow"
     assert raw["check"][-1]["timeout_s"] == 900  # a tests check
-    assert "dropped pre-commit hook pylint: the CI skips it (SKIP=)" in stderr
+    assert "dropped pre-commit hook pylint: the CI skips it (SKIP= or --skip)" in stderr
+
+
+def test_prek_hook_ids_skip_and_a_config_run_twice(tmp_path: Path) -> None:
+    """prek takes several hook ids and --skip; the same configuration run by two jobs gives
+    each check and each note once."""
+    workflow = """\
+on: [push]
+jobs:
+  lint:
+    runs-on: ubuntu-latest
+    steps:
+      - run: prek run ruff-format black isort --skip black --all-files
+  again:
+    runs-on: ubuntu-latest
+    steps:
+      - run: prek run ruff-format black isort --skip=black -a
+"""
+    config = """\
+repos:
+  - repo: https://github.com/astral-sh/ruff-pre-commit
+    rev: v0.6.9
+    hooks: [{id: ruff}, {id: ruff-format}]
+  - repo: https://github.com/psf/black
+    rev: 24.8.0
+    hooks: [{id: black}]
+  - repo: https://github.com/pycqa/isort
+    rev: 5.13.2
+    hooks: [{id: isort}]
+"""
+    root = project(tmp_path, config, workflow)
+    raw, stderr = run_init(root)
+    assert checks(raw) == {
+        "pre-commit.ruff-format": "ruff format --check --force-exclude .",
+        "pre-commit.isort": "isort --check-only .",
+    }
+    assert stderr.count("dropped pre-commit hook black: the CI skips it") == 1
+    assert install(raw)[-2:] == ["ruff==0.6.9", "isort==5.13.2"]
 
 
 def test_ci_skip_and_the_same_hook_twice(tmp_path: Path) -> None:

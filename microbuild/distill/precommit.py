@@ -361,7 +361,8 @@ class _Expansion:
 
     def run(self, args: list[str]) -> None:
         label = f"{self.step.where}: `{short(self.step.command)}`"
-        only, stage, config = _run_options(args)
+        options = _run_options(args)
+        only, stage, config = options.only, options.stage, options.config
         base = self.root / (self.step.cwd or ".")
         if config is None:
             config = next((c for c in CONFIG_FILES if (base / c).is_file()), CONFIG_FILES[0])
@@ -383,7 +384,7 @@ class _Expansion:
             {str(s) for s in ci_skip if isinstance(s, str)} if isinstance(ci_skip, list) else set()
         )
         env_skip = dict(self.step.env).get("SKIP", "") + "," + _assigned(self.step.command, "SKIP")
-        skip_env = {s.strip() for s in env_skip.split(",") if s.strip()}
+        skip_env = {s.strip() for s in env_skip.split(",") if s.strip()} | options.skip
         default_stages = data.get("default_stages")
         files, exclude = _regex(data.get("files")), _regex(data.get("exclude"))
         if files is None or exclude is None:
@@ -393,7 +394,7 @@ class _Expansion:
         hooks = list(self._hooks(data["repos"]))
         for hook in hooks[:_MAX_HOOKS]:
             where = f"pre-commit hook {_show(hook.hook_id)}"
-            if only is not None and hook.hook_id != only and hook.data.get("alias") != only:
+            if only and hook.hook_id not in only and hook.data.get("alias") not in only:
                 continue
             stages = _stages(hook.data.get("stages", default_stages))
             if stages is not None and stage not in stages:
@@ -403,13 +404,14 @@ class _Expansion:
                 self._skip(where, "listed in `ci: skip:` (pre-commit.ci cannot run it offline)")
                 continue
             if hook.hook_id in skip_env:
-                self._skip(where, "the CI skips it (SKIP=)")
+                self._skip(where, "the CI skips it (SKIP= or --skip)")
                 continue
             self._hook(hook, where)
         if len(hooks) > _MAX_HOOKS:
             self._skip(f"{self.rel} hooks", f"more than {_MAX_HOOKS}; the rest are not read")
-        if only is not None and not self.made and not self.skipped:
-            self.out.drop(label, f"no hook {_show(only)} in {self.rel}", self.rel)
+        if only and not self.made and not self.skipped:
+            named = ", ".join(_show(h) for h in sorted(only))
+            self.out.drop(label, f"no hook {named} in {self.rel}", self.rel)
             return
         made = ", ".join(self.made) or "none"
         self.out.kept.append(
@@ -468,8 +470,10 @@ class _Expansion:
         return found
 
     def _skip(self, item: str, reason: str) -> None:
+        """A note, once: CI and tox may both run the same configuration."""
         self.skipped += 1
-        self.out.drop(item, reason, self.rel)
+        if not any(d.item == item and d.reason == reason for d in self.out.dropped):
+            self.out.drop(item, reason, self.rel)
 
     # -- one hook
 
@@ -714,11 +718,19 @@ def _types_text(hook: _Hook) -> str:
     return ", ".join(_show(t) for t in given) or "any file"
 
 
-def _run_options(args: list[str]) -> tuple[str | None, str, str | None]:
-    """(the hook id it runs, if one; the hook stage; the config file) of ``run``'s options."""
-    only: str | None = None
-    stage = "pre-commit"
+@dataclass
+class _RunOptions:
+    only: set[str] = field(default_factory=set)
+    """The hook ids (or aliases) named on the line: those alone run (prek takes several)."""
+    skip: set[str] = field(default_factory=set)
+    """prek's ``--skip``."""
+    stage: str = "pre-commit"
     config: str | None = None
+
+
+def _run_options(args: list[str]) -> _RunOptions:
+    """What ``run``'s options select."""
+    options = _RunOptions()
     it = iter(args)
     in_files = False
     for arg in it:
@@ -731,12 +743,14 @@ def _run_options(args: list[str]) -> tuple[str | None, str, str | None]:
         if key in _VALUE_OPTIONS:
             value = value if eq else next(it, "")
             if key == "--hook-stage":
-                stage = _STAGE_ALIASES.get(value, value)
+                options.stage = _STAGE_ALIASES.get(value, value)
             elif key in ("-c", "--config"):
-                config = value
-        elif not arg.startswith("-") and not in_files and only is None:
-            only = arg
-    return only, stage, config
+                options.config = value
+            elif key == "--skip":
+                options.skip.add(value)
+        elif not arg.startswith("-") and not in_files:
+            options.only.add(arg)
+    return options
 
 
 def _stages(value: Any) -> set[str] | None:
