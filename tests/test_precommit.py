@@ -622,6 +622,35 @@ repos:
     assert install(raw)[-2:] == ["ruff==0.6.9", "isort==5.13.2"]
 
 
+def test_an_overridden_entry_runs_in_the_tools_environment(tmp_path: Path) -> None:
+    """A known hook whose `entry` the configuration replaces runs that entry, check-only, with
+    the hook's package pinned as usual."""
+    config = """\
+repos:
+  - repo: https://github.com/pre-commit/mirrors-mypy
+    rev: v1.11.2
+    hooks:
+      - id: mypy
+        entry: mypy --strict
+        pass_filenames: false
+        args: [src]
+  - repo: https://github.com/astral-sh/ruff-pre-commit
+    rev: v0.6.9
+    hooks:
+      - id: ruff
+        entry: ruff check --fix --select I
+        exclude: ^src/
+"""
+    root = project(tmp_path, config, **{"tools/x.py": "", "tools/y.txt": ""})
+    raw, _ = run_init(root)
+    found = checks(raw)
+    assert found["pre-commit.mypy"] == "mypy --strict src"
+    ruff = found["pre-commit.ruff"]
+    assert ruff.endswith("| xargs -r -d '\\n' ruff check --select I")
+    assert listed(ruff, root) == ["tools/x.py"]  # the hook's types (python), minus exclude
+    assert install(raw)[-2:] == ["mypy==1.11.2", "ruff==0.6.9"]
+
+
 def test_ci_skip_and_the_same_hook_twice(tmp_path: Path) -> None:
     """pre-commit.ci's `skip:` names hooks that cannot run offline; two mypy hooks (one per
     directory) are two checks."""

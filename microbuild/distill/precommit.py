@@ -518,6 +518,11 @@ class _Expansion:
         self._tool(hook, where, tool, args, pinned=known)
 
     def _tool(self, hook: _Hook, where: str, tool: _Tool, args: list[str], *, pinned: bool) -> None:
+        if "entry" in hook.data:
+            # The configuration overrides the hook's command: it runs in the tool's environment.
+            requirement = self._requirement(hook, tool.package, pinned)
+            self._local(hook, where, args, language="python", tool=(requirement, tool.types))
+            return
         if "args" not in hook.data:
             args = list(tool.default_args)
         args = [a for a in args if a not in tool.drop_args]
@@ -550,8 +555,18 @@ class _Expansion:
         tool = _Tool("pre-commit-hooks", (script,), paths="files", types=types, files=files)
         self._tool(hook, where, tool, args, pinned=True)
 
-    def _local(self, hook: _Hook, where: str, args: list[str]) -> None:
-        language = str(hook.data.get("language", ""))
+    def _local(
+        self,
+        hook: _Hook,
+        where: str,
+        args: list[str],
+        *,
+        language: str | None = None,
+        tool: tuple[str, tuple[str, ...]] | None = None,
+    ) -> None:
+        """A hook that runs its ``entry`` (``tool``: a known hook's requirement and file types,
+        when the configuration overrides its entry)."""
+        language = language or str(hook.data.get("language", ""))
         if language == "pygrep":
             self._pygrep(hook, where, args)
             return
@@ -586,13 +601,15 @@ class _Expansion:
                 self._skip(where, verdict.reason)
                 return
             kind = "lint"
-        listed = self._with_files(hook, "files", ("file",), "", shlex.split(command))
+        types = tool[1] if tool is not None else ("file",)
+        listed = self._with_files(hook, "files", types, "", shlex.split(command))
         if listed is None:
             self._skip(where, f"its file types ({_types_text(hook)}) cannot be listed")
             return
         deps = self._deps(hook, where) if language == "python" else []
-        self._check(hook, where, kind, listed, f"local, language {language}")
-        self._install(deps)
+        origin = f"{_show(hook.repo)} {_show(hook.rev)}, its entry overridden" if tool else ""
+        self._check(hook, where, kind, listed, origin or f"local, language {language}")
+        self._install([tool[0], *deps] if tool is not None else deps)
 
     def _pygrep(self, hook: _Hook, where: str, args: list[str]) -> None:
         """pre-commit's own pygrep (``python -m pre_commit.languages.pygrep``), as pre-commit
