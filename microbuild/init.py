@@ -322,6 +322,9 @@ class _Detector:
         requirement_files = self._requirement_files()
         is_python = bool(manifests or requirement_files) or _has_python_files(self.root)
         use_ci = ci is not None and bool(ci.checks)
+        if not is_python and ci is not None and use_ci and ci.python.tools:
+            is_python = True  # pre-commit hooks' tools are Python packages: they need the .venv
+            self._keep("setup", "no Python project here, but the pre-commit hooks' tools are")
         if ci is not None:
             self._ci_decisions(ci)
         if not is_python:

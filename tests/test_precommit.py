@@ -749,6 +749,32 @@ repos:
     )
 
 
+def test_a_node_project_gets_a_venv_for_its_hooks_tools(tmp_path: Path) -> None:
+    config = """\
+repos:
+  - repo: https://github.com/codespell-project/codespell
+    rev: v2.3.0
+    hooks: [{id: codespell}]
+  - repo: https://github.com/pre-commit/mirrors-prettier
+    rev: v3.1.0
+    hooks: [{id: prettier}]
+"""
+    root = make_project(
+        tmp_path / "web",
+        {
+            ".github/workflows/ci.yml": ACTION_JOB,
+            ".pre-commit-config.yaml": config,
+            "package.json": "{}",
+            "index.js": "",
+        },
+    )
+    raw, stderr = run_init(root)
+    assert checks(raw) == {"pre-commit.codespell": "codespell"}
+    assert raw["snapshot"]["setup"] == [VENV, f"{PIP} codespell==2.3.0"]
+    assert "kept    setup: no Python project here, but the pre-commit hooks' tools are" in stderr
+    assert "dropped pre-commit hook prettier: a Node hook" in stderr
+
+
 # ---------------------------------------------------------------------------
 # broken and hostile configurations
 
