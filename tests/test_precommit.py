@@ -184,6 +184,86 @@ ci:
   autoupdate_schedule: quarterly
 """
 
+PYTEST = """\
+repos:
+-   repo: https://github.com/PyCQA/autoflake
+    rev: v2.0.0
+    hooks:
+    -   id: autoflake
+        args: ["--in-place", "--remove-unused-variables", "--remove-all-unused-imports"]
+        language: python
+        files: \\.py$
+-   repo: https://github.com/PyCQA/docformatter
+    rev: v1.7.5
+    hooks:
+    -   id: docformatter
+        args: [--in-place, --wrap-summaries=88]
+-   repo: https://github.com/asottile/reorder_python_imports
+    rev: v3.9.0
+    hooks:
+    -   id: reorder-python-imports
+-   repo: https://github.com/pre-commit/pygrep-hooks
+    rev: v1.9.0
+    hooks:
+    -   id: python-use-type-annotations
+-   repo: local
+    hooks:
+    -   id: rst
+        name: rst
+        entry: rst-lint --encoding utf-8
+        files: ^(RELEASING.rst|README.rst)$
+        language: python
+        additional_dependencies: [pygments, restructuredtext_lint]
+    -   id: py-deprecated
+        name: py library is deprecated
+        language: pygrep
+        entry: >
+            (?x)\\bpy\\.(
+                _code\\.|
+                builtin\\.
+            )
+        types: [python]
+"""
+
+
+def test_pytest_config_fixers_with_a_check_mode_and_a_verbose_pygrep(tmp_path: Path) -> None:
+    """autoflake and docformatter have --check: their --in-place goes; a `(?x)` pygrep regex
+    becomes one line (grep and pygrep read it the same)."""
+    root = project(tmp_path, PYTEST, **{"README.rst": "", "NOTES.rst": ""})
+    raw, stderr = run_init(root)
+    found = checks(raw)
+    assert list(found) == [
+        "pre-commit.autoflake",
+        "pre-commit.docformatter",
+        "pre-commit.rst",
+        "pre-commit.py-deprecated",
+    ]
+    tail = " | xargs -r -d '\\n' "
+    assert found["pre-commit.autoflake"].endswith(
+        f"{tail}autoflake --check --remove-unused-variables --remove-all-unused-imports"
+    )
+    assert found["pre-commit.docformatter"].endswith(
+        f"{tail}docformatter --check --wrap-summaries=88"
+    )
+    assert listed(found["pre-commit.rst"], root) == ["README.rst"]
+    assert found["pre-commit.py-deprecated"].endswith(
+        f"{tail}python -m pre_commit.languages.pygrep '\\bpy\\.(_code\\.|builtin\\.)'"
+    )
+    assert install(raw) == [
+        "-e",
+        ".[tests]",
+        "autoflake==2.0.0",
+        "docformatter==1.7.5",
+        "pygments",
+        "restructuredtext_lint",
+        "pre-commit",
+    ]
+    assert "reorder-python-imports rewrites files and has no check-only mode" in stderr
+    assert (
+        "python-use-type-annotations: its hooks' regexes are defined in that repository" in stderr
+    )
+
+
 TOX_LINT = """\
 [tox]
 env_list = lint, py
@@ -585,6 +665,51 @@ jobs:
     assert "dropped pre-commit hook pylint: the CI skips it (SKIP= or --skip)" in stderr
 
 
+RUFF_FORMAT_ONLY = """\
+repos:
+  - repo: https://github.com/astral-sh/ruff-pre-commit
+    rev: v0.6.9
+    hooks: [{id: ruff-format}]
+"""
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        "pre-commit run --all-files",
+        "pre-commit run -a --show-diff-on-failure --color=always",
+        "uvx pre-commit run --all-files",
+        "pipx run pre-commit run -a",
+        "python -m pre_commit run --all-files",
+        "uv run --frozen pre-commit run -a",
+        "prek run --all-files",
+        "cd . && pre-commit run -a",
+    ],
+)
+def test_every_way_to_run_pre_commit(tmp_path: Path, command: str) -> None:
+    root = project(tmp_path, RUFF_FORMAT_ONLY, LINT_JOB.format(command=command))
+    raw, _ = run_init(root)
+    assert checks(raw) == {"pre-commit.ruff-format": "ruff format --check --force-exclude ."}
+    assert install(raw)[-1] == "ruff==0.6.9"
+    assert "pre-commit" not in install(raw)
+
+
+def test_pre_commit_run_in_a_subdirectory(tmp_path: Path) -> None:
+    """`cd sub && pre-commit run` reads sub's configuration, and its checks run in sub."""
+    root = project(
+        tmp_path,
+        "repos: []\n",
+        LINT_JOB.format(command="cd backend && pre-commit run -a"),
+        **{"backend/.pre-commit-config.yaml": RUFF_FORMAT_ONLY},
+    )
+    raw, stderr = run_init(root)
+    assert checks(raw) == {
+        "pre-commit.ruff-format": "cd backend && ruff format --check --force-exclude ."
+    }
+    assert "expanded through backend/.pre-commit-config.yaml" in stderr
+    assert "backend/.pre-commit-config.yaml" in raw["snapshot"]["inputs"]
+
+
 def test_prek_hook_ids_skip_and_a_config_run_twice(tmp_path: Path) -> None:
     """prek takes several hook ids and --skip; the same configuration run by two jobs gives
     each check and each note once."""
@@ -815,9 +940,12 @@ def test_missing_config(tmp_path: Path) -> None:
     assert "pre-commit: .pre-commit-config.yaml does not exist; no hook is a check" in stderr
 
 
-def test_config_outside_the_project_is_not_read(tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    "command", ["pre-commit run -a -c ../evil.yaml", "cd .. && pre-commit run -c evil.yaml"]
+)
+def test_config_outside_the_project_is_not_read(tmp_path: Path, command: str) -> None:
     (tmp_path / "evil.yaml").write_text(TERMCOLOR)
-    workflow = LINT_JOB.format(command="pre-commit run -a -c ../evil.yaml")
+    workflow = LINT_JOB.format(command=command)
     root = project(tmp_path, "repos: []\n", workflow)
     raw, stderr = run_init(root)
     assert hook_checks(raw) == {}

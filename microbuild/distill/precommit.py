@@ -13,6 +13,7 @@ untrusted: every value that reaches a command line is quoted or validated first.
 
 from __future__ import annotations
 
+import posixpath
 import re
 import shlex
 from dataclasses import dataclass, field
@@ -358,17 +359,21 @@ class _Expansion:
     skipped: int = 0
     global_files: str = ""
     global_exclude: str = ""
+    cwd: str | None = None
+    """Where pre-commit ran: the step's directory, and a leading ``cd DIR &&`` of its line."""
 
     def run(self, args: list[str]) -> None:
         label = f"{self.step.where}: `{short(self.step.command)}`"
         options = _run_options(args)
         only, stage, config = options.only, options.stage, options.config
-        base = self.root / (self.step.cwd or ".")
+        self.cwd = _cwd(self.step)
+        base = self.root / (self.cwd or ".")
         if config is None:
             config = next((c for c in CONFIG_FILES if (base / c).is_file()), CONFIG_FILES[0])
         path = base / config
         inside = _inside(path, self.root)
-        self.rel = _show(path.relative_to(self.root).as_posix() if inside else config, limit=200)
+        given = posixpath.normpath(posixpath.join(self.cwd or ".", config))
+        self.rel = _show(path.relative_to(self.root).as_posix() if inside else given, limit=200)
         if not inside or not path.is_file():
             why = "is outside the project" if not inside else "does not exist"
             self.out.drop(
@@ -711,7 +716,7 @@ class _Expansion:
         env = tuple(
             (k, v) for k, v in self.step.env if k != "SKIP" and not k.startswith("PRE_COMMIT")
         )
-        step = Step(command, self.rel, f"{self.step.where}: {where}", self.step.cwd, env)
+        step = Step(command, self.rel, f"{self.step.where}: {where}", self.cwd, env)
         self.out.add(step, Verdict(kind, f"check {name}, from {origin}", check=name))
 
     def _install(self, requirements: list[str]) -> None:
@@ -866,6 +871,16 @@ def _slug(url: str) -> str | None:
         url.strip(),
     )
     return f"{match[1]}/{match[2]}".lower() if match else None
+
+
+def _cwd(step: Step) -> str | None:
+    parts = [step.cwd] if step.cwd not in (None, "", ".") else []
+    rest = step.command
+    while match := re.match(r"\s*cd\s+(\S+)\s*&&", rest):
+        parts.append(match[1].strip("'\""))
+        rest = rest[match.end() :]
+    kept = [p for p in parts if p and p not in (".", "./")]
+    return "/".join(kept) or None
 
 
 def _assigned(command: str, key: str) -> str:
