@@ -96,9 +96,21 @@ _TYPE_GLOBS: dict[str, tuple[str, ...]] = {
     "json": ("*.json",),
     "xml": ("*.xml",),
     "shell": ("*.sh", "*.bash"),
-    "markdown": ("*.md",),
+    "markdown": ("*.md", "*.markdown"),
     "rst": ("*.rst",),
+    "cython": ("*.pyx", "*.pxd", "*.pxi"),
+    "c": ("*.c", "*.h"),
+    "c++": ("*.cpp", "*.cc", "*.cxx", "*.hpp", "*.hh"),
+    "javascript": ("*.js", "*.mjs", "*.cjs"),
+    "ts": ("*.ts",),
+    "html": ("*.html", "*.htm"),
+    "css": ("*.css",),
+    "ini": ("*.ini",),
+    "sql": ("*.sql",),
+    "go": ("*.go",),
+    "rust": ("*.rs",),
 }
+"""identify's tags, by file extension (a script typed by its shebang alone is not listed)."""
 _ANY_FILE = {"file", "text"}
 
 
