@@ -9,6 +9,7 @@ writes. The slow test runs the generated ruff checks for real.
 from __future__ import annotations
 
 import os
+import re
 import shlex
 import subprocess
 import sys
@@ -262,6 +263,69 @@ def test_pytest_config_fixers_with_a_check_mode_and_a_verbose_pygrep(tmp_path: P
     assert (
         "python-use-type-annotations: its hooks' regexes are defined in that repository" in stderr
     )
+
+
+PANDAS_PATTERNS = r"""(?x)
+# outdated annotation syntax
+\#\ type:\ (?!ignore)
+
+# foo._class__ instead of type(foo)
+|\.__class__
+|!r}
+# `<type>obj` as opposed to `<type> obj`
+|[a-zA-Z0-9*]>[ ]
+|(?<!def)[\(\s]filter\(
+"""
+
+
+def test_pandas_verbose_pygrep_and_global_exclude(tmp_path: Path) -> None:
+    """A `(?x)` regex with comments, escaped spaces and a class holding a space is handed to
+    pygrep as one line that matches what the verbose one matches; the top-level exclude
+    narrows every hook's files, ruff's too."""
+    indented = "\n".join("            " + line for line in PANDAS_PATTERNS.splitlines())
+    config = f"""\
+exclude: ^LICENSES/|\\.(html|csv|svg)$
+repos:
+-   repo: https://github.com/astral-sh/ruff-pre-commit
+    rev: v0.1.8
+    hooks:
+    -   id: ruff
+-   repo: local
+    hooks:
+    -   id: unwanted-patterns
+        name: Unwanted patterns
+        language: pygrep
+        entry: |
+{indented}
+        types_or: [python, rst, cython]
+"""
+    root = project(tmp_path, config, **{"LICENSES/x.py": "", "src/demo/c.pyx": ""})
+    raw, _ = run_init(root)
+    found = checks(raw)
+    assert listed(found["pre-commit.ruff"], root) == ["src/demo/__init__.py"]
+    pygrep = found["pre-commit.unwanted-patterns"]
+    assert listed(pygrep, root) == ["src/demo/__init__.py", "src/demo/c.pyx"]
+    one_line = shlex.split(pygrep)[-1]
+    assert (
+        one_line == r"\#\ type:\ (?!ignore)|\.__class__|!r}|[a-zA-Z0-9*]>[ ]|(?<!def)[\(\s]filter\("
+    )
+    samples = [
+        "x = 1  # type: int",
+        "# type: ignore",
+        "a.__class__",
+        "f'{x!r}'",
+        "<int> x",
+        "<int>x",
+        "cdef <int> y",
+        " filter(f, xs)",
+        "def filter(x):",
+        "plain",
+    ]
+    verbose = re.compile(PANDAS_PATTERNS)
+    assert [bool(verbose.search(t)) for t in samples] == [
+        bool(re.search(one_line, t)) for t in samples
+    ]
+    assert sum(bool(verbose.search(t)) for t in samples) == 6
 
 
 TOX_LINT = """\
