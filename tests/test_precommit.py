@@ -1067,6 +1067,9 @@ repos:
           - "--index-url=https://evil.example/simple"
           - "evil @ https://evil.example/evil.tar.gz"
           - "flake8-docstrings>=1.7"
+  - repo: https://github.com/pycqa/isort
+    rev: 1.10
+    hooks: [{id: isort}]
   - repo: local
     hooks:
       - id: "ev\\u001b[31mil"
@@ -1079,7 +1082,7 @@ repos:
     root = project(tmp_path, config)
     raw, stderr = run_init(root)
     found = checks(raw)
-    assert list(found) == ["pre-commit.ruff", "pre-commit.flake8"]
+    assert list(found) == ["pre-commit.ruff", "pre-commit.flake8", "pre-commit.isort"]
     assert shlex.split(found["pre-commit.ruff"]) == [
         "ruff",
         "check",
@@ -1090,12 +1093,15 @@ repos:
         ".",
     ]
     # Not versions: the tools install unpinned, and init says so.
-    assert install(raw)[-3:] == ["ruff", "flake8", "flake8-docstrings>=1.7"]
+    assert install(raw)[-4:] == ["ruff", "flake8", "flake8-docstrings>=1.7", "isort"]
     assert (
         "dropped pin of ruff: rev 1.0; rm -rf / of https://github.com/astral-sh/ruff-pre-commit "
         "is not a version; ruff is installed unpinned" in stderr
     )
     assert "dropped pin of flake8: rev 1c0ffee5a7d1e8d9cb4e2dd3e1a2b3c4d5e6f7a8" in stderr
+    assert (
+        "dropped pin of isort: rev 1.1 (not a string) of https://github.com/pycqa/isort" in stderr
+    )
     for dep in ("flake8-bugbear; rm -rf /", "--index-url=https://evil.example/simple", "evil @ "):
         assert f"dropped pre-commit hook flake8 dependency {dep}" in stderr
     assert "dropped pre-commit hook ev?[31mil: its args are not a list of plain strings" in stderr

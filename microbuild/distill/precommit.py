@@ -476,7 +476,9 @@ class _Expansion:
                 self._skip("pre-commit repo", f"{what} has no hooks list")
                 continue
             repo = str(entry.get("repo", ""))
-            rev = str(entry.get("rev", ""))
+            given = entry.get("rev", "")
+            # pre-commit takes a string only: `rev: 1.10` reads as the float 1.1, not a version.
+            rev = given if isinstance(given, str) else f"{given!r} (not a string)"
             for hook in entry["hooks"]:
                 if len(found) > _MAX_HOOKS:
                     return found
