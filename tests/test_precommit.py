@@ -994,6 +994,25 @@ def test_config_that_is_not_a_repos_mapping(tmp_path: Path, text: str) -> None:
     )
 
 
+@pytest.mark.parametrize(
+    ("text", "note"),
+    [
+        ("repos: " + "[" * 20000 + "]" * 20000 + "\n", "nested too deeply to read"),
+        (
+            'repos:\n- repo: !!python/object/apply:os.system ["touch pwned"]\n  hooks: []\n',
+            ".pre-commit-config.yaml:2: invalid YAML: could not determine a constructor",
+        ),
+        ("repos: []\n" + "#" * (1 << 20), "larger than 1048576 bytes; not read"),
+    ],
+)
+def test_configs_that_cannot_be_read_safely(tmp_path: Path, text: str, note: str) -> None:
+    root = project(tmp_path, text)
+    raw, stderr = run_init(root)
+    assert hook_checks(raw) == {}
+    assert f"dropped .pre-commit-config.yaml: {note}" in stderr
+    assert not (root / "pwned").exists()
+
+
 def test_missing_config(tmp_path: Path) -> None:
     root = make_project(
         tmp_path / "demo",

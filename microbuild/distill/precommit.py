@@ -129,6 +129,7 @@ class _Tool:
     default_args: tuple[str, ...] = ()
     """The hook manifest's ``args``, used when the configuration gives none."""
     files: str = ""
+    """The hook manifest's ``files`` regex."""
 
 
 _RUFF = {
@@ -251,9 +252,7 @@ _REWRITERS = {
     "asottile/reorder-python-imports": "reorder-python-imports",
     "asottile/reorder_python_imports": "reorder-python-imports",
     "asottile/setup-cfg-fmt": "setup-cfg-fmt",
-    "myint/autoflake": "autoflake",
     "hadialqattan/pycln": "pycln",
-    "macisamuele/language-formatter-pre-commit-hooks": "the pretty-format hooks",
 }
 """Hooks that rewrite files and have no mode that only reports."""
 _ELSEWHERE = {
