@@ -774,6 +774,32 @@ def test_pre_commit_run_in_a_subdirectory(tmp_path: Path) -> None:
     assert "backend/.pre-commit-config.yaml" in raw["snapshot"]["inputs"]
 
 
+@pytest.mark.parametrize(
+    "files",
+    [
+        {
+            ".gitlab-ci.yml": "lint:\n  script:\n    - pip install pre-commit\n"
+            "    - pre-commit run -a\n"
+        },
+        {
+            "noxfile.py": "import nox\n\n@nox.session\ndef lint(session):\n"
+            '    session.install("pre-commit")\n'
+            '    session.run("pre-commit", "run", "--all-files")\n'
+        },
+        {"Makefile": "install:\n\tpip install -e .\n\nlint: install\n\t@pre-commit run -a\n"},
+    ],
+    ids=["gitlab", "nox", "makefile-with-prerequisites"],
+)
+def test_pre_commit_from_gitlab_nox_and_make(tmp_path: Path, files: dict[str, str]) -> None:
+    root = make_project(
+        tmp_path / "demo",
+        {".pre-commit-config.yaml": RUFF_FORMAT_ONLY, "pyproject.toml": PYPROJECT, **files},
+    )
+    raw, _ = run_init(root)
+    assert hook_checks(raw) == {"pre-commit.ruff-format": "ruff format --check --force-exclude ."}
+    assert install(raw)[-1] == "ruff==0.6.9"
+
+
 def test_prek_hook_ids_skip_and_a_config_run_twice(tmp_path: Path) -> None:
     """prek takes several hook ids and --skip; the same configuration run by two jobs gives
     each check and each note once."""
