@@ -322,6 +322,9 @@ class _Detector:
         requirement_files = self._requirement_files()
         is_python = bool(manifests or requirement_files) or _has_python_files(self.root)
         use_ci = ci is not None and bool(ci.checks)
+        if not is_python and ci is not None and use_ci and ci.python.tools:
+            is_python = True  # pre-commit hooks' tools are Python packages: they need the .venv
+            self._keep("setup", "no Python project here, but the pre-commit hooks' tools are")
         if ci is not None:
             self._ci_decisions(ci)
         if not is_python:
@@ -355,6 +358,7 @@ class _Detector:
             args += self._requirement_args(requirement_files, installable is not None)
             args += self._group_args()
         if ci is not None and use_ci:
+            args += self._hook_tool_args(ci.python.tools)
             checks = [Check(n, c, t) for n, c, t in ci.checks]
             tools = _tools_of(checks)
         else:
@@ -451,6 +455,28 @@ class _Detector:
             if _req_name(package) not in self.provided:
                 self._provide(package, "the CI's pip install", "CI")
                 args.append(shlex.quote(package))
+        return args
+
+    def _hook_tool_args(self, requirements: list[str]) -> list[str]:
+        """The pinned tools of pre-commit hooks, unless the project's installs have them."""
+        args: list[str] = []
+        for requirement in requirements:
+            name = _req_name(requirement)
+            if name is None:
+                continue
+            if name in self.provided:
+                source, file = self.provided[name]
+                self._drop(
+                    f"install {requirement}",
+                    f"a pre-commit hook runs {name}, which {source} installs already",
+                    file,
+                )
+                continue
+            self._provide(requirement, "the pre-commit hooks", ".pre-commit-config.yaml")
+            self._keep(
+                f"install {requirement}", "a pre-commit hook's tool", ".pre-commit-config.yaml"
+            )
+            args.append(shlex.quote(requirement))
         return args
 
     # -- installing the project

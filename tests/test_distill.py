@@ -63,8 +63,14 @@ def test_circleci_commands_parameters_matrix_orbs_and_split(tmp_path: Path) -> N
 def test_github_matrix_tox_codecov_publish(tmp_path: Path) -> None:
     result = distill(fixture("github", tmp_path))
     assert result.sources == (".github/workflows/ci.yml", ".github/workflows/docs.yml")
+    checks = dict((name, cmd) for name, cmd, _ in result.checks)
+    assert checks["pre-commit.check-toml"].endswith("| xargs -r -d '\\n' check-toml")
+    toml_check = ("pre-commit.check-toml", checks["pre-commit.check-toml"], 300)
+    # pre-commit's hooks replace `pre-commit run`, each a check in check-only form.
     assert result.checks == (
-        ("lint", "pre-commit run --all-files --show-diff-on-failure", 300),
+        ("pre-commit.ruff", "ruff check --no-fix --force-exclude .", 300),
+        ("pre-commit.ruff-format", "ruff format --check --force-exclude .", 300),
+        toml_check,
         ("types", "mypy src", 600),
         ("build", "pipx run build && pipx run twine check dist/*", 600),
         # tox -e py → [testenv]; the coverage flag stays (coverage is measured locally).
@@ -73,7 +79,8 @@ def test_github_matrix_tox_codecov_publish(tmp_path: Path) -> None:
     assert result.python.extras == ["tests"]
     assert result.python.requirement_files == ["requirements-typing.txt"]
     assert result.python.packages == ["mypy==1.11.2"]
-    assert result.inputs == ("requirements-typing.txt",)
+    assert result.python.tools == ["ruff==0.6.9", "pre-commit-hooks==4.6.0"]
+    assert result.inputs == (".pre-commit-config.yaml", "requirements-typing.txt")
     dropped = drops(result)
     assert dropped["job tests step 7: codecov/codecov-action@v4"].startswith("coverage upload")
     assert dropped["job tests step 3: actions/cache@v4"].startswith("cache step")
@@ -81,6 +88,7 @@ def test_github_matrix_tox_codecov_publish(tmp_path: Path) -> None:
     assert dropped["job publish"] == "deploy, release or documentation job"
     assert dropped["job tests step 8"] == "runs only when `failure()`"
     assert dropped[".github/workflows/docs.yml"] == "runs on release, not on a push"
+    assert dropped["pre-commit hook trailing-whitespace"].startswith("rewrites files")
     kept = {item: reason for item, reason, _ in result.kept}
     cell = kept["job tests matrix cell"]
     assert cell.startswith(f"python-version={HOST}, os=ubuntu-latest")

@@ -671,8 +671,12 @@ def ci_project(tmp_path: Path, name: str) -> Path:
 def test_github_ci_decides_checks_and_completes_setup(tmp_path: Path) -> None:
     root = ci_project(tmp_path, "github")
     raw, config, stderr = init_and_load(root)
-    assert [(c["name"], c["command"]) for c in raw["check"]] == [
-        ("lint", "pre-commit run --all-files --show-diff-on-failure"),
+    assert [(c["name"], c["command"]) for c in raw["check"]][:2] == [
+        ("pre-commit.ruff", "ruff check --no-fix --force-exclude ."),
+        ("pre-commit.ruff-format", "ruff format --check --force-exclude ."),
+    ]
+    assert raw["check"][2]["name"] == "pre-commit.check-toml"
+    assert [(c["name"], c["command"]) for c in raw["check"]][3:] == [
         ("types", "mypy src"),
         ("build", "pipx run build && pipx run twine check dist/*"),
         ("tests", "pytest --cov=demo tests"),
@@ -682,14 +686,18 @@ def test_github_ci_decides_checks_and_completes_setup(tmp_path: Path) -> None:
     assert raw["snapshot"] == {
         "setup": [
             VENV,
-            f"{PIP} -e '.[tests]' -r requirements-typing.txt mypy==1.11.2 pre-commit build",
+            f"{PIP} -e '.[tests]' -r requirements-typing.txt mypy==1.11.2 ruff==0.6.9 "
+            "pre-commit-hooks==4.6.0 build",
         ],
-        "inputs": ["pyproject.toml", "requirements*.txt"],
+        "inputs": ["pyproject.toml", "requirements*.txt", ".pre-commit-config.yaml"],
     }
-    assert "kept    checks: lint, types, build, tests, from .github/workflows/ci.yml" in stderr
+    assert (
+        "kept    checks: pre-commit.ruff, pre-commit.ruff-format, pre-commit.check-toml, types, "
+        "build, tests, from .github/workflows/ci.yml"
+    ) in stderr
     assert "dropped job publish: deploy, release or documentation job" in stderr
     assert "dropped job tests step 7: codecov/codecov-action@v4: coverage upload" in stderr
-    assert len(config.checks) == 4
+    assert len(config.checks) == 6
 
 
 def test_node_project_without_ci_uses_package_json(tmp_path: Path) -> None:

@@ -1,7 +1,8 @@
 """Distil a project's CI (CircleCI, GitHub Actions, GitLab) or task runners into checks.
 
 The CI systems are read first; when none yields a check, tox.ini / noxfile.py / Makefile /
-package.json are. Python installs are not copied literally (CI installs into a throw-away
+package.json are; then a .pre-commit-config.yaml that pre-commit.ci runs (one with a ``ci:``
+table) and no CI step did. Python installs are not copied literally (CI installs into a throw-away
 machine's system Python): they are read into :class:`PythonNeeds`, which `microbuild init`
 writes as one install into the snapshot's ``.venv``.
 """
@@ -11,8 +12,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from microbuild.distill import circleci, github, gitlab
-from microbuild.distill.steps import TIMEOUTS, Distiller, Drop, PythonNeeds, python_needs
+from microbuild.distill import circleci, github, gitlab, precommit
+from microbuild.distill.steps import Distiller, Drop, PythonNeeds, python_needs
 from microbuild.distill.tasks import distill_tasks
 
 __all__ = ["Distilled", "PythonNeeds", "distill"]
@@ -35,6 +36,7 @@ class Distilled:
 def distill(root: Path) -> Distilled:
     """Read the CI of ``root``; raises ConfigError for a CI file that is not valid YAML."""
     out = Distiller()
+    out.intercept = lambda step: precommit.distil(root, step, out)
     sources: list[str] = []
     for reader in (circleci.distill, github.distill, gitlab.distill):
         sources += reader(root, out)
@@ -42,12 +44,14 @@ def distill(root: Path) -> Distilled:
         if sources:
             out.drop("CI", f"{', '.join(sources)} yield no check; reading task runners", None)
         sources = distill_tasks(root, out)
+    sources += precommit.pre_commit_ci(root, out)
     return _result(root, out, sources)
 
 
 def _result(root: Path, out: Distiller, sources: list[str]) -> Distilled:
-    checks = tuple((name, cmd, TIMEOUTS[name]) for name, cmd in out.check_commands())
+    checks = tuple((name, cmd, out.timeout(name)) for name, cmd in out.check_commands())
     needs = python_needs(out.python_setup)
+    needs.tools = list(out.tools)
     for rel in needs.requirement_files:
         if (root / rel).is_file():
             out.input(rel)

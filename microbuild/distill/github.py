@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ast
 import re
+import shlex
 import sys
 from pathlib import Path
 from typing import Any
@@ -300,6 +301,16 @@ def _action(
         out.kept.append(
             (f"{label}: {short(uses)}", "uv installs are written as .venv pip installs", rel)
         )
+        return
+    if base in ("pre-commit/action", "j178/prek-action"):
+        given = (with_ or {}).get("extra_args", (with_ or {}).get("extra-args"))
+        extra = _eval(str(given or "--all-files"), matrix, {}, rel, label, out)
+        try:
+            words = shlex.split(extra)
+        except ValueError:
+            words = ["--all-files"]
+        tool = "prek" if base == "j178/prek-action" else "pre-commit"
+        out.add(Step(shlex.join([tool, "run", *words]), rel, f"{label}: {short(uses)}"))
         return
     reason = _ACTIONS.get(base) or next(
         (why for prefix, why in _ACTIONS.items() if action.startswith(prefix)), None

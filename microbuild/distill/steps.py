@@ -11,7 +11,7 @@ from __future__ import annotations
 import dataclasses
 import re
 import shlex
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -58,6 +58,8 @@ class Verdict:
     reason: str
     command: str | None = None
     """The line to run instead of the CI's, when the verdict rewrites it."""
+    check: str | None = None
+    """A check of its own with this name (one per pre-commit hook), instead of the kind's."""
 
 
 @dataclass(frozen=True)
@@ -537,8 +539,18 @@ class Distiller:
     inputs: list[str] = field(default_factory=list)
     kept: list[tuple[str, str, str | None]] = field(default_factory=list)
     dropped: list[Drop] = field(default_factory=list)
+    tools: list[str] = field(default_factory=list)
+    """Requirements of tools that checks run (pre-commit hooks, pinned), installed as they are."""
+    kinds: dict[str, str] = field(default_factory=dict)
+    """Check name → its kind, for checks named other than their kind."""
+    intercept: Callable[[Step], bool] | None = None
+    """Takes a step over (True) before it is classified: how ``pre-commit run`` lines become
+    the hooks' own commands, wherever they come from (CI, tox, nox, a Makefile)."""
 
     def add(self, step: Step, verdict: Verdict | None = None) -> Verdict:
+        own = verdict is not None and verdict.check is not None
+        if not own and self.intercept is not None and self.intercept(step):
+            return Verdict("lint", "expanded")
         verdict = verdict or classify(step.command)
         label = f"{step.where}: `{_short(step.command)}`"
         if verdict.kind == "drop":
@@ -554,7 +566,10 @@ class Distiller:
         else:
             if verdict.command is not None:
                 step = dataclasses.replace(step, command=verdict.command)
-            steps = self.checks.setdefault(verdict.kind, [])
+            key = verdict.check or verdict.kind
+            if verdict.check is not None:
+                self.kinds[key] = verdict.kind
+            steps = self.checks.setdefault(key, [])
             if all(s.shell() != step.shell() for s in steps):
                 steps.append(step)
                 self.kept.append((f"{verdict.kind} {label}", verdict.reason, step.file))
@@ -571,15 +586,20 @@ class Distiller:
         """(name, command) per kept kind, fast first; several commands of a kind chain."""
         out: list[tuple[str, str]] = []
         for kind in CHECK_ORDER:
-            steps = self._without_subsumed(self.checks.get(kind, []))
-            if not steps:
-                continue
-            if len(steps) == 1:
-                out.append((kind, steps[0].shell()))
-                continue
-            parts = [f"({s.shell()})" if s.prefixed() else s.command for s in steps]
-            out.append((kind, " && ".join(parts)))
+            named = [k for k in self.checks if self.kinds.get(k) == kind and k != kind]
+            for name in [kind, *named]:
+                steps = self._without_subsumed(self.checks.get(name, []))
+                if not steps:
+                    continue
+                if len(steps) == 1:
+                    out.append((name, steps[0].shell()))
+                    continue
+                parts = [f"({s.shell()})" if s.prefixed() else s.command for s in steps]
+                out.append((name, " && ".join(parts)))
         return out
+
+    def timeout(self, name: str) -> int:
+        return TIMEOUTS[self.kinds.get(name, name)]
 
     def _without_subsumed(self, steps: list[Step]) -> list[Step]:
         """A pytest run that selects a subset (``-k``, paths) is subsumed by a full run."""
@@ -657,6 +677,9 @@ class PythonNeeds:
     packages: list[str] = field(default_factory=list)
     project: bool = False
     """Whether the project itself is installed (``pip install .``, ``uv sync``, ...)."""
+    tools: list[str] = field(default_factory=list)
+    """Requirements of the tools checks run (pre-commit hooks' pins): installed in any case,
+    unless the project's own dependencies install the tool; not a CI install of their own."""
 
     def empty(self) -> bool:
         return not (
