@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from microbuild import gitsafe
 from microbuild.config import CONFIG_FILENAME, PYPROJECT_FILENAME, ProjectConfig, load_config
 from microbuild.distill import Distilled, PythonNeeds, distill
 from microbuild.distill.steps import program, split_script
@@ -1083,7 +1084,7 @@ def _has_python_files(root: Path, depth: int = 3) -> bool:
 def _git(root: Path, *args: str) -> subprocess.CompletedProcess[str]:
     try:
         return subprocess.run(
-            ["git", "-C", str(root), *args],
+            gitsafe.argv(root, *args),
             capture_output=True,
             text=True,
             check=False,

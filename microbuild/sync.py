@@ -19,6 +19,7 @@ import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from microbuild import gitsafe
 from microbuild.config import Project
 from microbuild.errors import SnapshotError
 from microbuild.snapshot import SnapshotRequest
@@ -30,7 +31,7 @@ if TYPE_CHECKING:
 def _git(root: Path, *args: str, env: dict[str, str] | None = None) -> str:
     try:
         proc = subprocess.run(
-            ["git", "-C", str(root), *args],
+            gitsafe.argv(root, *args),
             capture_output=True,
             text=True,
             env={**os.environ, **(env or {})},
@@ -54,7 +55,7 @@ def _git_failure(root: Path, command: str, stderr: str) -> str:
 
 def head_commit(root: Path) -> str:
     head = subprocess.run(
-        ["git", "-C", str(root), "rev-parse", "--verify", "-q", "HEAD^{commit}"],
+        gitsafe.argv(root, "rev-parse", "--verify", "-q", "HEAD^{commit}"),
         capture_output=True,
         text=True,
         check=False,
@@ -131,7 +132,7 @@ def export_source(project: Project, request: SnapshotRequest, dest: Path) -> Non
     are in the working tree (later members win when it is unpacked)."""
     with open(dest, "wb") as out:
         archive = subprocess.run(
-            ["git", "-C", str(project.root), "archive", "--format=tar", request.base_commit],
+            gitsafe.argv(project.root, "archive", "--format=tar", request.base_commit),
             stdout=out,
             stderr=subprocess.PIPE,
             check=False,
@@ -346,7 +347,7 @@ def _core_filemode(root: Path) -> bool | None:
     """Whether git takes the executable bit from the files (core.fileMode); None when the
     fast path must not be used at all (a case-insensitive core.ignoreCase)."""
     proc = subprocess.run(
-        ["git", "-C", str(root), "config", "--type=bool", "--get-regexp", _CORE_FLAGS],
+        gitsafe.argv(root, "config", "--type=bool", "--get-regexp", _CORE_FLAGS),
         capture_output=True,
         text=True,
         check=False,
@@ -388,7 +389,7 @@ def _git_paths(
     as `add --all` of the whole tree would, when `ignored_ok`."""
     proc = subprocess.run(
         [
-            *("git", "--literal-pathspecs", "-C", str(root), "-c", "advice.addIgnoredFile=false"),
+            *gitsafe.argv(root, "--literal-pathspecs", "-c", "advice.addIgnoredFile=false"),
             *("-c", "core.untrackedCache=true", *args),
             *("--pathspec-from-file=-", "--pathspec-file-nul"),
         ],
@@ -406,7 +407,7 @@ def _git_paths(
 
 def has_object(root: Path, oid: str) -> bool:
     probe = subprocess.run(
-        ["git", "-C", str(root), "cat-file", "-e", f"{oid}^{{tree}}"],
+        gitsafe.argv(root, "cat-file", "-e", f"{oid}^{{tree}}"),
         capture_output=True,
         check=False,
     )
@@ -430,10 +431,7 @@ def tree_diff(root: Path, old: str, new: str) -> bytes:
     """`git diff --binary` between two trees: what a sidecar holding `old` needs."""
     proc = subprocess.run(
         [
-            "git",
-            "-C",
-            str(root),
-            "diff",
+            *gitsafe.argv(root, "diff"),
             "--binary",
             "--full-index",
             "--no-color",
@@ -453,7 +451,7 @@ def tree_diff(root: Path, old: str, new: str) -> bytes:
 
 def tree_archive(root: Path, tree: str) -> bytes:
     proc = subprocess.run(
-        ["git", "-C", str(root), "archive", "--format=tar", tree],
+        gitsafe.argv(root, "archive", "--format=tar", tree),
         capture_output=True,
         check=False,
     )

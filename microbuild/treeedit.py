@@ -17,6 +17,8 @@ import stat
 import subprocess
 from pathlib import Path
 
+from microbuild import gitsafe
+
 TREE_MODE = "040000"
 _PATTERN_CHARS = frozenset("*?[]\\\n")
 
@@ -89,7 +91,7 @@ def _entry(entries: dict[str, dict[str, tuple[str, str]]], path: str) -> str | N
 
 def _git(root: Path, args: list[str], data: bytes, ok: tuple[int, ...] = (0,)) -> bytes:
     proc = subprocess.run(
-        ["git", "-C", str(root), *args],
+        gitsafe.argv(root, *args),
         input=data,
         capture_output=True,
         env={**os.environ, "GIT_OPTIONAL_LOCKS": "0", "LC_ALL": "C"},

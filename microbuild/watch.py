@@ -24,6 +24,8 @@ import subprocess
 import uuid
 from pathlib import Path
 
+from microbuild import gitsafe
+
 IN_MODIFY = 0x2
 IN_ATTRIB = 0x4
 IN_CLOSE_WRITE = 0x8
@@ -344,7 +346,7 @@ def _clean_env() -> dict[str, str]:
 
 def _repository(root: Path) -> tuple[Path, str] | None:
     proc = subprocess.run(
-        ["git", "-C", str(root), "rev-parse", "--absolute-git-dir", "--show-prefix"],
+        gitsafe.argv(root, "rev-parse", "--absolute-git-dir", "--show-prefix"),
         capture_output=True,
         text=True,
         check=False,
@@ -371,7 +373,7 @@ def ignored_directories(root: Path) -> frozenset[str]:
     try:
         proc = subprocess.run(
             [
-                *("git", "-C", str(root), "ls-files", "-z", "--others", "--ignored"),
+                *gitsafe.argv(root, "ls-files", "-z", "--others", "--ignored"),
                 *("--exclude-standard", "--directory"),
             ],
             capture_output=True,

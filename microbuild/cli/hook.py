@@ -8,6 +8,7 @@ from pathlib import Path
 
 import click
 
+from microbuild import gitsafe
 from microbuild.cli._context import AppContext
 from microbuild.cli._ui import emit_json
 from microbuild.hooks import ADAPTERS, AGENTS
@@ -78,7 +79,7 @@ def _project_dir(app: AppContext, project: Path | None) -> Path:
     except ConfigError:
         pass
     top = subprocess.run(
-        ["git", "-C", str(start), "rev-parse", "--show-toplevel"],
+        gitsafe.argv(start, "rev-parse", "--show-toplevel"),
         capture_output=True,
         text=True,
         check=False,
