@@ -1,0 +1,476 @@
+"""What a tox environment runs, read from any of tox 4's config formats without running tox.
+
+:class:`ToxEnv` is the one model both readers (``tox_ini``, ``tox_toml``) produce. Values are
+substituted the way tox 4 does (``{posargs:...}`` with nested braces, ``{env:NAME:default}``,
+``{[section]key}``, ``{tox_root}``, ...), with the paths tox would make absolute mapped to the
+sidecar's layout: the project root (relative to the environment's ``change_dir``), its
+``.venv``, and ``.tox/ENV/tmp`` for tox's scratch directories. Nothing reads the host: a variable
+tox would take from the host's environment is left to the sidecar's shell (``${NAME}``).
+"""
+
+from __future__ import annotations
+
+import itertools
+import posixpath
+import re
+import shlex
+import sys
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from pathlib import Path
+
+HOST_PY = f"py{sys.version_info.major}{sys.version_info.minor}"
+MAX_DEPTH = 100
+"""tox's own bound on nested substitutions."""
+
+_PY_FACTOR_RE = re.compile(r"py\d*|pypy\d*")
+_FRAGMENT_RE = re.compile("\ue000(\\d+)\ue001")
+_REFERENCE_RE = re.compile(
+    r"(?:\[(?P<section>[^\]]*)\])?(?P<key>[-a-zA-Z0-9_]+)(?::(?P<default>.*))?", re.S
+)
+SITE_PACKAGES = '"$(python -c \'import sysconfig; print(sysconfig.get_paths()["purelib"])\')"'
+"""The sidecar's ``.venv`` site-packages (``.venv/bin`` is first on PATH there)."""
+
+
+class ToxConfigError(ValueError):
+    """A tox configuration microbuild cannot read: one line, naming the file."""
+
+
+@dataclass(frozen=True)
+class ToxCommand:
+    words: tuple[str, ...]
+    """Shell words: tox's arguments quoted, with sidecar-evaluated parts (``${HOME}``) left bare."""
+    ignore_exit: bool = False
+    """tox's ``- cmd``: the exit status does not count."""
+    invert_exit: bool = False
+    """tox's ``! cmd``: the command must fail."""
+
+    def shell(self) -> str:
+        return " ".join(("!", *self.words) if self.invert_exit else self.words)
+
+
+@dataclass(frozen=True)
+class ToxEnv:
+    """One environment, substituted; paths in commands and set_env are relative to change_dir."""
+
+    name: str
+    deps: tuple[str, ...] = ()
+    extras: tuple[str, ...] = ()
+    dependency_groups: tuple[str, ...] = ()
+    skip_install: bool = False
+    set_env: tuple[tuple[str, str], ...] = ()
+    commands_pre: tuple[ToxCommand, ...] = ()
+    commands: tuple[ToxCommand, ...] = ()
+    commands_post: tuple[ToxCommand, ...] = ()
+    change_dir: str | None = None
+    """Relative to the project root; None for the root itself."""
+    make_dirs: tuple[str, ...] = ()
+    """Directories tox creates before running commands (a missing change_dir, env_tmp_dir)."""
+    allowlist_externals: tuple[str, ...] = ()
+    notes: tuple[str, ...] = ()
+    """What was left out (a set_env value that needs the host), for the report."""
+
+
+@dataclass
+class Context:
+    """One substitution: for which env, relative to which directory, and what is in progress."""
+
+    env: str
+    up: str = "."
+    """The project root as seen from where the value is used."""
+    chain: tuple[str, ...] = ()
+    depth: int = 0
+    make_dirs: list[str] = field(default_factory=list)
+
+    def nested(self, link: str) -> Context:
+        return Context(self.env, self.up, (*self.chain, link), self.depth + 1, self.make_dirs)
+
+
+@dataclass(frozen=True)
+class _Expr:
+    args: tuple[tuple[str | _Expr, ...], ...]
+
+
+class _Unmatched(Exception):
+    pass
+
+
+def parse(value: str) -> tuple[str | _Expr, ...]:
+    """tox's tokenizer: ``{a:b:{c}}`` expressions, ``[]`` for posargs, ``\\{`` escapes; a
+    ``{`` without its ``}`` is text."""
+    args, _ = _tokens(value, 0, inner=False)
+    return args[0]
+
+
+def _tokens(
+    value: str, pos: int, *, inner: bool
+) -> tuple[tuple[tuple[str | _Expr, ...], ...], int]:
+    args: list[tuple[str | _Expr, ...]] = []
+    current: list[str | _Expr] = []
+    text: list[str] = []
+
+    def flush() -> None:
+        if text:
+            current.append("".join(text))
+            text.clear()
+
+    while pos < len(value):
+        char = value[pos]
+        if char == "\\" and pos + 1 < len(value) and value[pos + 1] in ":{}[]\\":
+            text.append(value[pos : pos + 2] if value[pos + 1] == "\\" else value[pos + 1])
+            pos += 2
+            continue
+        if inner and char == "}":
+            flush()
+            return (*args, tuple(current)), pos + 1
+        if inner and char == ":":
+            flush()
+            args.append(tuple(current))
+            current = []
+            pos += 1
+            continue
+        if value.startswith("[]", pos):
+            flush()
+            current.append(_Expr((("posargs",),)))
+            pos += 2
+            continue
+        if char == "{":
+            try:
+                sub, end = _tokens(value, pos + 1, inner=True)
+            except _Unmatched:
+                text.append(char)
+                pos += 1
+                continue
+            flush()
+            current.append(_Expr(sub))
+            pos = end
+            continue
+        text.append(char)
+        pos += 1
+    if inner:
+        raise _Unmatched
+    flush()
+    return (*args, tuple(current)), pos
+
+
+def expand_generative(name: str) -> list[str]:
+    """``py3{9-11}-{a,b}`` → py39-a, py39-b, ...; ranges and comma lists."""
+    parts = re.split(r"(\{[^{}]*\})", name)
+    choices: list[list[str]] = []
+    for part in parts:
+        if part.startswith("{") and part.endswith("}"):
+            items: list[str] = []
+            for item in part[1:-1].split(","):
+                item = item.strip()
+                rng = re.fullmatch(r"(\d+)-(\d+)", item)
+                if rng:
+                    step = 1 if int(rng[1]) <= int(rng[2]) else -1
+                    items += [str(n) for n in range(int(rng[1]), int(rng[2]) + step, step)]
+                else:
+                    items.append(item)
+            choices.append(items)
+        else:
+            choices.append([part])
+    return ["".join(combo) for combo in itertools.product(*choices)]
+
+
+def join(up: str, path: str) -> str:
+    return path if up == "." else f"{up}/{path}"
+
+
+def render_word(arg: str, fragments: list[str]) -> str:
+    """One tox argument as a shell word: text quoted, sidecar-evaluated fragments bare."""
+    out: list[str] = []
+    last = 0
+    for match in _FRAGMENT_RE.finditer(arg):
+        if match.start() > last:
+            out.append(shlex.quote(arg[last : match.start()]))
+        out.append(fragments[int(match[1])])
+        last = match.end()
+    if last < len(arg) or not out:
+        out.append(shlex.quote(arg[last:]))
+    return "".join(out)
+
+
+def has_fragment(text: str) -> bool:
+    return _FRAGMENT_RE.search(text) is not None
+
+
+def to_command(args: list[str], fragments: list[str]) -> ToxCommand | None:
+    """tox's leading ``-`` (ignore the exit status) and ``!`` (invert it), then shell words."""
+    if args and args[0] != "-" and args[0].startswith("-"):
+        args = ["-", args[0][1:], *args[1:]]
+    ignore = bool(args) and args[0] == "-"
+    invert = bool(args) and args[0] == "!"
+    if ignore or invert:
+        args = args[1:]
+    if not args:
+        return None
+    return ToxCommand(tuple(render_word(a, fragments) for a in args), ignore, invert)
+
+
+def split_line(line: str) -> list[str]:
+    """tox's command splitting (posix shlex, no comments); an unbalanced quote keeps the rest."""
+    splitter = shlex.shlex(line, posix=True)
+    splitter.whitespace_split = True
+    splitter.commenters = ""
+    args: list[str] = []
+    try:
+        for arg in splitter:
+            args.append(arg)
+    except ValueError:
+        rest = line.split(None, len(args))[len(args) :] if args else [line]
+        args += rest
+    return args
+
+
+def normal_dir(value: str, file: str, env: str) -> str | None:
+    """A change_dir relative to the project root; None for the root itself."""
+    path = posixpath.normpath(value.strip().replace("\\", "/"))
+    if has_fragment(path) or path.startswith(("/", "../")) or path == "..":
+        raise ToxConfigError(
+            f"{file}: tox env {env}: change_dir {value.strip()!r} is outside the project"
+        )
+    return None if path == "." else path
+
+
+class ToxConfig(ABC):
+    """One tox configuration file; the readers fill in the raw lookups and the conversion."""
+
+    root: Path
+    file: str
+
+    def __init__(self, root: Path, file: str) -> None:
+        self.root = root
+        self.file = file
+        self.fragments: list[str] = []
+
+    @abstractmethod
+    def declared_envs(self) -> list[str]:
+        """The `env_list` alone: what `tox` with no `-e` runs."""
+
+    @abstractmethod
+    def defined_envs(self) -> list[str]:
+        """Environments with a table or section of their own."""
+
+    @abstractmethod
+    def env(self, name: str) -> ToxEnv:
+        """The environment ``name`` substituted; ToxConfigError when it cannot be read."""
+
+    @abstractmethod
+    def raw_reference(self, section: str | None, key: str, ctx: Context) -> str | None:
+        """The unsubstituted text of ``{[section]key}`` (``{key}``: the env's own, or core)."""
+
+    @abstractmethod
+    def raw_set_env(self, env: str) -> dict[str, str]:
+        """The env's set_env, unsubstituted."""
+
+    def env_list(self) -> list[str]:
+        """The declared environments, then those with a section of their own."""
+        out = self.declared_envs()
+        out += [name for name in self.defined_envs() if name not in out]
+        return out
+
+    def known_factors(self) -> set[str]:
+        """Factors an ``-e`` name may combine (tox refuses others, except Python versions)."""
+        return {f for env in self.env_list() for f in env.split("-")}
+
+    # -- substitution
+
+    def fragment(self, shell: str) -> str:
+        """A marker for shell text evaluated in the sidecar, kept unquoted when rendered."""
+        self.fragments.append(shell)
+        return f"\ue000{len(self.fragments) - 1}\ue001"
+
+    def expand(self, value: str, ctx: Context) -> str:
+        if ctx.depth > MAX_DEPTH:
+            raise ToxConfigError(
+                f"{self.file}: substitution in tox env {ctx.env} nests more than {MAX_DEPTH} deep"
+            )
+        return self._join(parse(value), ctx)
+
+    def _join(self, parts: tuple[str | _Expr, ...], ctx: Context) -> str:
+        return "".join(p if isinstance(p, str) else self._resolve(p, ctx) for p in parts)
+
+    def _resolve(self, expr: _Expr, ctx: Context) -> str:
+        args = [self._join(arg, ctx) for arg in expr.args]
+        found = self._replace(args[0], args[1:], ctx)
+        return "{" + ":".join(args) + "}" if found is None else found
+
+    def _replace(self, kind: str, rest: list[str], ctx: Context) -> str | None:
+        if kind == "/":
+            return "/"
+        if kind == "" and rest == [""]:
+            return ":"
+        if kind == "posargs":
+            return ":".join(rest)
+        if kind == "tty":
+            return rest[1] if len(rest) > 1 else ""
+        if kind == "env" and rest and rest[0]:
+            return self._env_var(rest[0], ":".join(rest[1:]) if len(rest) > 1 else None, ctx)
+        if kind == "glob" and rest and rest[0]:
+            return self._glob(rest[0], ":".join(rest[1:]), ctx)
+        match = _REFERENCE_RE.fullmatch(":".join([kind, *rest]))
+        if match is None:
+            return None
+        section, key, default = match["section"], match["key"], match["default"]
+        if section is None or section == self.core_section():
+            constant = self._constant(key, ctx)
+            if constant is not None:
+                return constant
+        link = f"[{section or ''}]{key}"
+        if link in ctx.chain:
+            cycle = " -> ".join([*ctx.chain[ctx.chain.index(link) :], link])
+            raise ToxConfigError(f"{self.file}: tox env {ctx.env}: {cycle} refers to itself")
+        raw = self.raw_reference(section, key, ctx)
+        if raw is None:
+            return default
+        return self.expand(raw, ctx.nested(link))
+
+    def core_section(self) -> str:
+        return "tox"
+
+    def _env_var(self, name: str, default: str | None, ctx: Context) -> str:
+        link = f"env:{name}"
+        set_env = self.raw_set_env(ctx.env)
+        if name in set_env and link not in ctx.chain:
+            return self.expand(set_env[name], ctx.nested(link))
+        if link in ctx.chain and ctx.chain[-1] != link:
+            cycle = " -> ".join([*ctx.chain[ctx.chain.index(link) :], link])
+            raise ToxConfigError(f"{self.file}: tox env {ctx.env}: set_env {cycle} is circular")
+        if default is not None:
+            return default
+        return self.fragment(f"${{{name}}}")
+
+    def _glob(self, pattern: str, default: str, ctx: Context) -> str:
+        """Files of the project only: an absolute or escaping pattern gets the default."""
+        if pattern.startswith("/") or ".." in pattern.split("/") or has_fragment(pattern):
+            return default
+        found = sorted(
+            p.relative_to(self.root).as_posix()
+            for p in self.root.glob(pattern)
+            if p.resolve().is_relative_to(self.root.resolve())
+        )
+        return " ".join(join(ctx.up, p) for p in found) if found else default
+
+    def _constant(self, key: str, ctx: Context) -> str | None:
+        env_dir = join(ctx.up, ".venv")
+        scratch = f".tox/{ctx.env}"
+        if key in ("env_tmp_dir", "envtmpdir", "env_log_dir", "envlogdir"):
+            made = f"{scratch}/{'tmp' if 'tmp' in key else 'log'}"
+            if made not in ctx.make_dirs:
+                ctx.make_dirs.append(made)
+            return join(ctx.up, made)
+        values = {
+            ("tox_root", "toxinidir"): ctx.up,
+            ("work_dir", "toxworkdir"): join(ctx.up, ".tox"),
+            ("temp_dir",): join(ctx.up, ".tox/.tmp"),
+            ("env_name", "envname"): ctx.env,
+            ("env_dir", "envdir"): env_dir,
+            ("env_bin_dir", "envbindir"): f"{env_dir}/bin",
+            ("env_python", "envpython"): f"{env_dir}/bin/python",
+        }
+        for keys, value in values.items():
+            if key in keys:
+                return value
+        if key in ("env_site_packages_dir", "envsitepackagesdir"):
+            return self.fragment(SITE_PACKAGES)
+        return None
+
+    def commands(self, lines: list[list[str]]) -> tuple[ToxCommand, ...]:
+        out = [to_command(args, self.fragments) for args in lines]
+        return tuple(c for c in out if c is not None)
+
+    def set_env_values(
+        self, env: str, up: str, make_dirs: list[str]
+    ) -> tuple[tuple[tuple[str, str], ...], tuple[str, ...]]:
+        """set_env substituted; a value that needs the sidecar's shell is left out, noted."""
+        pairs: list[tuple[str, str]] = []
+        notes: list[str] = []
+        for key, raw in self.raw_set_env(env).items():
+            value = self.expand(raw, Context(env, up, (f"env:{key}",), 1, make_dirs))
+            if has_fragment(value):
+                notes.append(f"set_env {key} needs the host's environment; not exported")
+            else:
+                pairs.append((key, value))
+        return tuple(pairs), tuple(notes)
+
+    # -- choosing environments
+
+    def select(self, args: list[str]) -> tuple[list[str], str | None]:
+        """The environments a ``tox`` command line runs, or a reason it cannot be read."""
+        names: list[str] = []
+        factors: list[str] = []
+        it = iter(args)
+        for arg in it:
+            if arg in ("-e", "--env", "-f", "--factor") or arg.startswith(("-e", "-f")):
+                value = arg[2:] if len(arg) > 2 and not arg.startswith("--") else next(it, "")
+                value = value.lstrip("=")
+                (factors if arg.startswith(("-f", "--factor")) else names).extend(
+                    v.strip() for v in value.split(",") if v.strip()
+                )
+        known = self.env_list()
+        if not names and not factors:
+            names = self.declared_envs() or known
+        chosen: list[str] = []
+        known_factors = self.known_factors()
+        for name in names:
+            if "$" in name:
+                pattern = re.compile(re.sub(r"\\\$\w+|\\\$\\\{\w+\\\}", ".*", re.escape(name)))
+                matches = [k for k in known if pattern.fullmatch(k)]
+                if not matches:
+                    return [], f"no tox environment matches {name!r}"
+                chosen.append(next((m for m in matches if HOST_PY in m.split("-")), matches[0]))
+            elif name in known or all(
+                _PY_FACTOR_RE.fullmatch(f) or f in known_factors for f in name.split("-")
+            ):
+                chosen.append(name)
+            else:
+                return [], f"{self.file} defines no tox environment {name!r}"
+        for factor in factors:
+            chosen += [k for k in known if factor in k.split("-") and k not in chosen]
+        return self.one_python(chosen), None
+
+    def one_python(self, envs: list[str]) -> list[str]:
+        """One environment per family (``py39-tests`` … ``py314-tests``): the host's Python."""
+        groups: dict[str, list[str]] = {}
+        for env in envs:
+            key = "-".join(f for f in env.split("-") if not _PY_FACTOR_RE.fullmatch(f))
+            groups.setdefault(key, []).append(env)
+        out: list[str] = []
+        for members in groups.values():
+            host = [m for m in members if HOST_PY in m.split("-")]
+            plain = [
+                m for m in members if not any(_PY_FACTOR_RE.fullmatch(f) for f in m.split("-"))
+            ]
+            cpython = [m for m in members if not m.startswith("pypy")]
+            out.append((host or plain or cpython or members)[0])
+        return out
+
+
+def finish_dirs(root: Path, change_dir: str | None, made: list[str]) -> tuple[str, ...]:
+    """tox creates change_dir when it is missing (and env_tmp_dir always)."""
+    dirs = list(made)
+    if change_dir is not None and not (root / change_dir).is_dir():
+        dirs.insert(0, change_dir)
+    return tuple(dirs)
+
+
+def up_from(change_dir: str | None) -> str:
+    """The project root as seen from ``change_dir``."""
+    if change_dir is None:
+        return "."
+    return "/".join(".." for _ in change_dir.split("/"))
+
+
+__all__ = [
+    "Context",
+    "ToxCommand",
+    "ToxConfig",
+    "ToxConfigError",
+    "ToxEnv",
+    "expand_generative",
+    "parse",
+    "render_word",
+    "split_line",
+]

@@ -1,0 +1,291 @@
+"""tox 4's native TOML: ``tox.toml``, or ``[tool.tox]`` in pyproject.toml.
+
+``env_list``; ``[env_run_base]`` and ``[env.NAME]`` (with ``base``); commands as arrays of
+argument arrays (no shell splitting); the ``replace`` tables ``posargs``, ``env``, ``ref``,
+``if`` and ``glob``; and tox's string substitutions inside strings.
+"""
+
+from __future__ import annotations
+
+import ast
+import re
+from pathlib import Path
+from typing import Any
+
+from microbuild.distill.tox_env import (
+    Context,
+    ToxCommand,
+    ToxConfig,
+    ToxConfigError,
+    ToxEnv,
+    finish_dirs,
+    normal_dir,
+    up_from,
+)
+from microbuild.distill.tox_ini import active_factors
+
+_ALIASES = {
+    "set_env": ("set_env", "setenv"),
+    "change_dir": ("change_dir", "changedir"),
+    "allowlist_externals": ("allowlist_externals",),
+}
+
+
+def _escape(text: str) -> str:
+    """A substituted string as raw text that substitutes to itself."""
+    return re.sub(r"([{}])", r"\\\1", text).replace("[]", "[\\]")
+
+
+class TomlTox(ToxConfig):
+    def __init__(self, root: Path, file: str, table: dict[str, Any]) -> None:
+        super().__init__(root, file)
+        self.table = table
+        envs = table.get("env", {})
+        if not isinstance(envs, dict):
+            raise ToxConfigError(f"{file}: `env` must be a table of environments")
+        self.envs: dict[str, Any] = envs
+
+    def declared_envs(self) -> list[str]:
+        raw = self.table.get("env_list", [])
+        if not isinstance(raw, list):
+            raise ToxConfigError(f"{self.file}: env_list must be an array of environment names")
+        return [e for e in raw if isinstance(e, str)]
+
+    def defined_envs(self) -> list[str]:
+        return [name for name, value in self.envs.items() if isinstance(value, dict)]
+
+    def _tables(self, env: str) -> list[dict[str, Any]]:
+        own = self.envs.get(env)
+        bases = own.get("base", ["env_run_base"]) if isinstance(own, dict) else ["env_run_base"]
+        if isinstance(bases, str):
+            bases = [bases]
+        chain = [own] if isinstance(own, dict) else []
+        for base in bases if isinstance(bases, list) else []:
+            for table in (self.table.get(str(base)), self.envs.get(str(base))):
+                if isinstance(table, dict) and table not in chain:
+                    chain.append(table)
+        return chain
+
+    def _raw(self, env: str, key: str) -> Any:
+        for table in self._tables(env):
+            for name in _ALIASES.get(key, (key,)):
+                if name in table:
+                    return table[name]
+        return None
+
+    # -- unrolling TOML values
+
+    def unroll(self, value: Any, ctx: Context) -> Any:
+        """tox's ``Unroll``: strings substituted, ``replace`` tables resolved, recursively."""
+        if ctx.depth > 100:
+            raise ToxConfigError(f"{self.file}: tox env {ctx.env}: values nest too deep")
+        if isinstance(value, str):
+            return self.expand(value, ctx)
+        if isinstance(value, list):
+            out: list[Any] = []
+            for item in value:
+                got = self.unroll(item, ctx)
+                spread = isinstance(item, dict) and item.get("replace") and item.get("extend")
+                if spread and isinstance(got, list):
+                    out += got
+                elif spread and isinstance(got, str):
+                    out += [got] if got else []
+                else:
+                    out.append(got)
+            return out
+        if isinstance(value, dict):
+            kind = value.get("replace")
+            if kind is None:
+                return {k: self.unroll(v, ctx) for k, v in value.items()}
+            return self._directive(str(kind), value, ctx)
+        return value
+
+    def _directive(self, kind: str, value: dict[str, Any], ctx: Context) -> Any:
+        if kind == "posargs":
+            return self.unroll(value.get("default", []), ctx)
+        if kind == "env":
+            name = value.get("name")
+            if not isinstance(name, str) or not name:
+                raise ToxConfigError(f'{self.file}: a replace = "env" table needs a name')
+            default = value.get("default")
+            return self._env_var(
+                name, None if default is None else str(self.unroll(default, ctx)), ctx
+            )
+        if kind == "ref":
+            return self._ref(value, ctx)
+        if kind == "if":
+            return self.unroll(
+                value.get("then") if self._condition(value, ctx) else value.get("else", ""), ctx
+            )
+        if kind == "glob":
+            got = self._glob(str(self.unroll(value.get("pattern", ""), ctx)), "", ctx)
+            if value.get("extend"):
+                return got.split() if got else list(value.get("default", []))
+            return got or str(value.get("default", ""))
+        return {k: self.unroll(v, ctx) for k, v in value.items()}
+
+    def _ref(self, value: dict[str, Any], ctx: Context) -> Any:
+        env, key, of = value.get("env"), value.get("key"), value.get("of")
+        if isinstance(env, str) and isinstance(key, str):
+            link = f"[env.{env}]{key}"
+            if link in ctx.chain:
+                raise ToxConfigError(f"{self.file}: tox env {ctx.env}: {link} refers to itself")
+            raw = self._raw(env, key)
+            return self.unroll(
+                raw, Context(env, ctx.up, (*ctx.chain, link), ctx.depth + 1, ctx.make_dirs)
+            )
+        if isinstance(of, list) and all(isinstance(p, str) for p in of):
+            link = ".".join(of)
+            if link in ctx.chain:
+                cycle = " -> ".join([*ctx.chain[ctx.chain.index(link) :], link])
+                raise ToxConfigError(f"{self.file}: tox env {ctx.env}: {cycle} refers to itself")
+            return self.unroll(self._path(of), ctx.nested(link))
+        raise ToxConfigError(f'{self.file}: a replace = "ref" table needs `of`, or `env` and `key`')
+
+    def _path(self, keys: list[str]) -> Any:
+        current: Any = self.table
+        for key in keys:
+            if not isinstance(current, dict) or key not in current:
+                raise ToxConfigError(
+                    f"{self.file}: reference to {'.'.join(keys)}, which is not set"
+                )
+            current = current[key]
+        return current
+
+    def _condition(self, value: dict[str, Any], ctx: Context) -> bool:
+        """``factor.NAME``, ``env_name``, ``==``, ``!=``, ``and``/``or``/``not``; ``env.NAME``
+        is the env's set_env (the host's environment is not read)."""
+        text = value.get("condition")
+        try:
+            tree = ast.parse(str(text), mode="eval")
+        except SyntaxError:
+            raise ToxConfigError(f"{self.file}: invalid condition {text!r}") from None
+        factors = active_factors(ctx.env)
+
+        def ev(node: ast.expr) -> str | bool:
+            if isinstance(node, ast.BoolOp):
+                results = [bool(ev(v)) for v in node.values]
+                return all(results) if isinstance(node.op, ast.And) else any(results)
+            if isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.Not):
+                return not ev(node.operand)
+            if isinstance(node, ast.Compare) and len(node.ops) == 1:
+                left, right = ev(node.left), ev(node.comparators[0])
+                if isinstance(node.ops[0], ast.Eq):
+                    return left == right
+                if isinstance(node.ops[0], ast.NotEq):
+                    return left != right
+            if isinstance(node, ast.Constant) and isinstance(node.value, str):
+                return node.value
+            if isinstance(node, ast.Name) and node.id == "env_name":
+                return ctx.env
+            if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name):
+                if node.value.id == "factor":
+                    return node.attr in factors
+                if node.value.id == "env":
+                    raw = self.raw_set_env(ctx.env).get(node.attr)
+                    return "" if raw is None else self.expand(raw, ctx.nested(f"env:{node.attr}"))
+            raise ToxConfigError(f"{self.file}: unsupported condition {text!r}")
+
+        return bool(ev(tree.body))
+
+    # -- lookups for string substitution
+
+    def raw_reference(self, section: str | None, key: str, ctx: Context) -> str | None:
+        if section is None:
+            found = self._raw(ctx.env, key)
+            if found is None:
+                found = self.table.get(key)
+        elif section.startswith("env.") and section[4:] in self.envs:
+            found = self._raw(section[4:], key)
+        else:
+            try:
+                found = self._path([*section.split("."), key])
+            except ToxConfigError:
+                return None
+        if found is None or isinstance(found, dict):
+            return None
+        value = self.unroll(found, ctx.nested(f"[{section or ''}]{key}"))
+        if isinstance(value, list):
+            value = "\n".join(
+                " ".join(map(str, v)) if isinstance(v, list) else str(v) for v in value
+            )
+        return _escape(str(value))
+
+    def raw_set_env(self, env: str) -> dict[str, str]:
+        table = self._raw(env, "set_env")
+        if not isinstance(table, dict):
+            return {}
+        out: dict[str, str] = {}
+        for key, value in table.items():
+            if isinstance(value, str):
+                out[key] = value
+            elif isinstance(value, dict) and value.get("replace") == "env":
+                name, default = value.get("name"), value.get("default")
+                out[key] = f"{{env:{name}" + ("" if default is None else f":{default}") + "}"
+            elif isinstance(value, (int, float, bool)):
+                out[key] = str(value).lower() if isinstance(value, bool) else str(value)
+        return out
+
+    # -- the environment
+
+    def _strings(self, name: str, key: str, ctx: Context) -> list[str]:
+        raw = self._raw(name, key)
+        if raw is None:
+            return []
+        got = self.unroll(raw if isinstance(raw, list) else [raw], ctx)
+        return [str(v) for v in self._flat(got) if str(v).strip()]
+
+    def _flat(self, value: Any) -> list[Any]:
+        if isinstance(value, list):
+            return [x for item in value for x in self._flat(item)]
+        return [value]
+
+    def _commands(self, name: str, key: str, ctx: Context) -> tuple[ToxCommand, ...]:
+        raw = self._raw(name, key)
+        if raw is None:
+            return ()
+        if not isinstance(raw, list):
+            raise ToxConfigError(f"{self.file}: tox env {name}: {key} must be an array of commands")
+        got = self.unroll(raw, ctx)
+        commands: list[list[str]] = []
+        for entry in got if isinstance(got, list) else []:
+            if isinstance(entry, list) and entry and all(isinstance(e, list) for e in entry):
+                commands += [[str(a) for a in self._flat(e)] for e in entry]
+            elif isinstance(entry, list):
+                commands.append([str(a) for a in self._flat(entry)])
+            else:
+                raise ToxConfigError(
+                    f"{self.file}: tox env {name}: each of {key} must be an array of arguments"
+                )
+        return self.commands(commands)
+
+    def env(self, name: str) -> ToxEnv:
+        made: list[str] = []
+        root_ctx = Context(name, ".", (), 0, made)
+        raw_dir = self._raw(name, "change_dir")
+        change_dir = None
+        if raw_dir is not None:
+            change_dir = normal_dir(str(self.unroll(raw_dir, root_ctx)), self.file, name)
+        up = up_from(change_dir)
+        ctx = Context(name, up, (), 0, made)
+        set_env, notes = self.set_env_values(name, up, made)
+        skip = self._raw(name, "skip_install")
+        package = self._raw(name, "package")
+        return ToxEnv(
+            name=name,
+            deps=tuple(self._strings(name, "deps", root_ctx)),
+            extras=tuple(self._strings(name, "extras", root_ctx)),
+            dependency_groups=tuple(self._strings(name, "dependency_groups", root_ctx)),
+            skip_install=skip is True or package == "skip",
+            set_env=set_env,
+            commands_pre=self._commands(name, "commands_pre", ctx),
+            commands=self._commands(name, "commands", ctx),
+            commands_post=self._commands(name, "commands_post", ctx),
+            change_dir=change_dir,
+            make_dirs=finish_dirs(self.root, change_dir, made),
+            allowlist_externals=tuple(self._strings(name, "allowlist_externals", root_ctx)),
+            notes=notes,
+        )
+
+
+__all__ = ["TomlTox"]

@@ -1,0 +1,95 @@
+"""Find a project's tox configuration as tox 4 does, and turn an environment into steps.
+
+tox 4 looks for, in order: ``tox.ini``; ``setup.cfg`` with ``[tox:tox]``; ``pyproject.toml``
+with a native ``[tool.tox]`` table; ``pyproject.toml`` with ``legacy_tox_ini``; ``tox.toml``.
+"""
+
+from __future__ import annotations
+
+import configparser
+import shlex
+import tomllib
+from pathlib import Path
+from typing import Any
+
+from microbuild.distill.steps import Step, classify
+from microbuild.distill.tox_env import ToxConfig, ToxConfigError, ToxEnv
+from microbuild.distill.tox_ini import IniTox
+from microbuild.distill.tox_toml import TomlTox
+
+
+def _toml(path: Path) -> dict[str, Any]:
+    try:
+        return tomllib.loads(path.read_text(encoding="utf-8-sig", errors="replace"))
+    except tomllib.TOMLDecodeError as err:
+        raise ToxConfigError(f"{path.name}: invalid TOML: {err}") from None
+
+
+def load_tox(root: Path) -> ToxConfig | None:
+    """The tox configuration tox would use at ``root``; None when there is none.
+
+    Raises ToxConfigError (one line) when the file tox would read cannot be parsed."""
+    if (root / "tox.ini").is_file():
+        return IniTox(root)
+    setup_cfg = root / "setup.cfg"
+    if setup_cfg.is_file():
+        parser = configparser.ConfigParser(interpolation=None, strict=False)
+        try:
+            parser.read_string(setup_cfg.read_text(encoding="utf-8", errors="replace"))
+        except configparser.Error:
+            parser = configparser.ConfigParser()
+        if parser.has_section("tox:tox"):
+            return IniTox(root, "setup.cfg", core="tox:tox")
+    pyproject = root / "pyproject.toml"
+    if pyproject.is_file():
+        data = _toml(pyproject)
+        tool = data.get("tool")
+        table = tool.get("tox") if isinstance(tool, dict) else None
+        if isinstance(table, dict) and set(table) - {"legacy_tox_ini"}:
+            return TomlTox(root, "pyproject.toml", table)
+        if isinstance(table, dict) and isinstance(table.get("legacy_tox_ini"), str):
+            return IniTox(root, "pyproject.toml", text=table["legacy_tox_ini"])
+    if (root / "tox.toml").is_file():
+        return TomlTox(root, "tox.toml", _toml(root / "tox.toml"))
+    return None
+
+
+def env_steps(env: ToxEnv, where: str, file: str) -> list[Step]:
+    """The install, then each command with the env's change_dir, set_env and commands_pre.
+
+    commands_pre (compiling translations, say) runs before every command it prepares, in the
+    same check, because each check runs on its own."""
+    label = f"{where} (tox env {env.name})"
+    out: list[Step] = []
+    install: list[str] = []
+    if not env.skip_install:
+        install.append(".[" + ",".join(env.extras) + "]" if env.extras else ".")
+    for dep in env.deps:
+        install += shlex.split(dep) if dep.startswith("-") else [dep]
+    for group in env.dependency_groups:
+        install += ["--group", group]
+    if install:
+        out.append(Step("pip install " + " ".join(shlex.quote(a) for a in install), file, label))
+    before: list[str] = []
+    for pre in env.commands_pre:
+        if classify(pre.shell()).kind == "python-setup":
+            out.append(Step(pre.shell(), file, f"{label} commands_pre", env.change_dir))
+        else:
+            before.append(f"{{ {pre.shell()} || true; }}" if pre.ignore_exit else pre.shell())
+    for command in (*env.commands, *env.commands_post):
+        out.append(
+            Step(
+                command.shell(),
+                file,
+                label,
+                env.change_dir,
+                env.set_env,
+                before=tuple(before),
+                make_dirs=env.make_dirs,
+                ignore_exit=command.ignore_exit,
+            )
+        )
+    return out
+
+
+__all__ = ["ToxConfigError", "env_steps", "load_tox"]
