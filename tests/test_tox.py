@@ -511,3 +511,64 @@ def _first_env(root: Path) -> list[str]:
     tox = load_tox(root)
     assert tox is not None
     return tox.declared_envs()
+
+
+def _laughs(levels: int) -> str:
+    refs = "\n".join(f"l{i} = {{[a]l{i + 1}}}{{[a]l{i + 1}}}" for i in range(levels))
+    tail = "[testenv]\ncommands = echo {[a]l0}\n"
+    return f"[tox]\nenv_list = py\n[a]\n{refs}\nl{levels} = lol\n{tail}"
+
+
+@pytest.mark.parametrize(
+    ("files", "message"),
+    [
+        ({"tox.ini": _laughs(40)}, "needs more than 20000 substitutions"),
+        (
+            {"tox.ini": "[tox]\nenv_list = py\n[testenv]\ncommands = echo " + "{" * 5000 + "\n"},
+            "braces nest more than 100 deep",
+        ),
+        (
+            {
+                "tox.toml": 'env_list = ["py"]\n[env.py]\ncommands = ['
+                + "[" * 3000
+                + "]" * 3000
+                + "]"
+            },
+            "tox.toml: invalid TOML: ",
+        ),
+    ],
+)
+def test_hostile_configs_end_quickly(tmp_path: Path, files: dict[str, str], message: str) -> None:
+    """Substitutions that double at each level (2**40 of them), nesting that would exhaust the
+    stack: a one-line error, in well under a second."""
+    root = project(tmp_path, files)
+    with pytest.raises(ToxConfigError) as err:
+        tox = load_tox(root)
+        assert tox is not None
+        tox.env("py")
+    assert message in str(err.value) and "\n" not in str(err.value)
+
+
+def test_huge_generative_env_list_is_refused(tmp_path: Path) -> None:
+    root = project(tmp_path, {"tox.ini": "[tox]\nenv_list = py{1-9}{1-9}{1-9}{1-9}{1-9}-a\n"})
+    result = distill(root)
+    assert result.checks == ()
+    assert any("stands for more than 10000 environments" in d.reason for d in result.dropped)
+
+
+def test_host_python_is_chosen_from_dotted_env_names(tmp_path: Path) -> None:
+    """filelock names its envs "3.13", "3.12", ...: one runs, the host's."""
+    other = "3.99"
+    root = project(
+        tmp_path,
+        {
+            "tox.toml": f'env_list = ["{other}", "@DOT@", "lint"]\n[env_run_base]\n'
+            'commands = [["pytest", "-q"]]\n[env.lint]\ncommands = [["ruff", "check", "."]]\n'
+        },
+    )
+    result = distill(root)
+    assert [(name, command) for name, command, _ in result.checks] == [
+        ("lint", "ruff check ."),
+        ("tests", "pytest -q"),
+    ]
+    assert f"setup tox.toml (tox env {DOT}): `pip install .`" in {i for i, _, _ in result.kept}

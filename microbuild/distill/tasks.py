@@ -26,6 +26,7 @@ from microbuild.distill.toxconfig import env_steps, load_tox
 
 _MAKE_TARGETS = ("lint", "check", "typecheck", "type-check", "types", "mypy", "test", "tests")
 
+_TOX_RUN = ("run", "r", "run-parallel", "p", "--parallel-no-spinner")
 Tox = IniTox
 """The tox.ini reader under its old name; :func:`load_tox` finds any tox config."""
 
@@ -92,12 +93,12 @@ def expand(root: Path, step: Step, out: Distiller) -> list[Step]:
     if name == "tox":
         try:
             tox = load_tox(root)
+            if tox is None:
+                return [step]
+            envs, why = tox.select([a for a in args if a not in _TOX_RUN])
         except ToxConfigError as err:
             out.drop(f"{step.where}: `{step.command}`", str(err), None)
             return []
-        if tox is None:
-            return [step]
-        envs, why = tox.select([a for a in args if a not in ("run", "r")])
         if why:
             out.drop(f"{step.where}: `{step.command}`", why, step.file)
             return []

@@ -11,6 +11,7 @@ tox would take from the host's environment is left to the sidecar's shell (``${N
 from __future__ import annotations
 
 import itertools
+import math
 import posixpath
 import re
 import shlex
@@ -20,10 +21,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 HOST_PY = f"py{sys.version_info.major}{sys.version_info.minor}"
+_HOST_FACTORS = {HOST_PY, f"{sys.version_info.major}.{sys.version_info.minor}"}
+_HOST_FACTORS.add(f"py{sys.version_info.major}.{sys.version_info.minor}")
 MAX_DEPTH = 100
 """tox's own bound on nested substitutions."""
+MAX_WORK = 20_000
+"""Substitutions per environment: references that double at each level end here, not in a hang."""
+MAX_ENVS = 10_000
+"""Names one generative expression (``py3{1-99999999}``) may stand for."""
 
-_PY_FACTOR_RE = re.compile(r"py\d*|pypy\d*")
+_PY_FACTOR_RE = re.compile(r"(py|pypy)?\d(\.?\d+)?|py|pypy|(py|pypy)\d\.\d+")
 _FRAGMENT_RE = re.compile("\ue000(\\d+)\ue001")
 _REFERENCE_RE = re.compile(
     r"(?:\[(?P<section>[^\]]*)\])?(?P<key>[-a-zA-Z0-9_]+)(?::(?P<default>.*))?", re.S
@@ -98,13 +105,15 @@ class _Unmatched(Exception):
 def parse(value: str) -> tuple[str | _Expr, ...]:
     """tox's tokenizer: ``{a:b:{c}}`` expressions, ``[]`` for posargs, ``\\{`` escapes; a
     ``{`` without its ``}`` is text."""
-    args, _ = _tokens(value, 0, inner=False)
+    args, _ = _tokens(value, 0, inner=False, depth=0)
     return args[0]
 
 
 def _tokens(
-    value: str, pos: int, *, inner: bool
+    value: str, pos: int, *, inner: bool, depth: int
 ) -> tuple[tuple[tuple[str | _Expr, ...], ...], int]:
+    if depth > MAX_DEPTH:
+        raise ToxConfigError(f"braces nest more than {MAX_DEPTH} deep")
     args: list[tuple[str | _Expr, ...]] = []
     current: list[str | _Expr] = []
     text: list[str] = []
@@ -136,7 +145,7 @@ def _tokens(
             continue
         if char == "{":
             try:
-                sub, end = _tokens(value, pos + 1, inner=True)
+                sub, end = _tokens(value, pos + 1, inner=True, depth=depth + 1)
             except _Unmatched:
                 text.append(char)
                 pos += 1
@@ -163,7 +172,7 @@ def expand_generative(name: str) -> list[str]:
             for item in part[1:-1].split(","):
                 item = item.strip()
                 rng = re.fullmatch(r"(\d+)-(\d+)", item)
-                if rng:
+                if rng and abs(int(rng[2]) - int(rng[1])) < MAX_ENVS:
                     step = 1 if int(rng[1]) <= int(rng[2]) else -1
                     items += [str(n) for n in range(int(rng[1]), int(rng[2]) + step, step)]
                 else:
@@ -171,6 +180,8 @@ def expand_generative(name: str) -> list[str]:
             choices.append(items)
         else:
             choices.append([part])
+    if math.prod(len(c) for c in choices) > MAX_ENVS:
+        raise ToxConfigError(f"{name!r} stands for more than {MAX_ENVS} environments")
     return ["".join(combo) for combo in itertools.product(*choices)]
 
 
@@ -244,6 +255,19 @@ class ToxConfig(ABC):
         self.root = root
         self.file = file
         self.fragments: list[str] = []
+        self.work = 0
+
+    def env(self, name: str) -> ToxEnv:
+        """The environment ``name`` substituted; ToxConfigError when it cannot be read."""
+        self.work = 0
+        try:
+            return self.read_env(name)
+        except RecursionError:
+            raise ToxConfigError(f"{self.file}: tox env {name} nests too deep to read") from None
+        except ToxConfigError as err:
+            if str(err).startswith(self.file):
+                raise
+            raise ToxConfigError(f"{self.file}: tox env {name}: {err}") from None
 
     @abstractmethod
     def declared_envs(self) -> list[str]:
@@ -254,8 +278,8 @@ class ToxConfig(ABC):
         """Environments with a table or section of their own."""
 
     @abstractmethod
-    def env(self, name: str) -> ToxEnv:
-        """The environment ``name`` substituted; ToxConfigError when it cannot be read."""
+    def read_env(self, name: str) -> ToxEnv:
+        """What :meth:`env` returns, read by the format's rules."""
 
     @abstractmethod
     def raw_reference(self, section: str | None, key: str, ctx: Context) -> str | None:
@@ -293,6 +317,11 @@ class ToxConfig(ABC):
         return "".join(p if isinstance(p, str) else self._resolve(p, ctx) for p in parts)
 
     def _resolve(self, expr: _Expr, ctx: Context) -> str:
+        self.work += 1
+        if self.work > MAX_WORK:
+            raise ToxConfigError(
+                f"{self.file}: tox env {ctx.env} needs more than {MAX_WORK} substitutions"
+            )
         args = [self._join(arg, ctx) for arg in expr.args]
         found = self._replace(args[0], args[1:], ctx)
         return "{" + ":".join(args) + "}" if found is None else found
@@ -420,7 +449,7 @@ class ToxConfig(ABC):
                 matches = [k for k in known if pattern.fullmatch(k)]
                 if not matches:
                     return [], f"no tox environment matches {name!r}"
-                chosen.append(next((m for m in matches if HOST_PY in m.split("-")), matches[0]))
+                chosen.append(next((m for m in matches if _on_host(m)), matches[0]))
             elif name in known or all(
                 _PY_FACTOR_RE.fullmatch(f) or f in known_factors for f in name.split("-")
             ):
@@ -439,13 +468,18 @@ class ToxConfig(ABC):
             groups.setdefault(key, []).append(env)
         out: list[str] = []
         for members in groups.values():
-            host = [m for m in members if HOST_PY in m.split("-")]
+            host = [m for m in members if _on_host(m)]
             plain = [
                 m for m in members if not any(_PY_FACTOR_RE.fullmatch(f) for f in m.split("-"))
             ]
             cpython = [m for m in members if not m.startswith("pypy")]
             out.append((host or plain or cpython or members)[0])
         return out
+
+
+def _on_host(env: str) -> bool:
+    """``py311-lint``, ``3.11``: the env runs on the host's Python."""
+    return bool(_HOST_FACTORS & set(env.split("-")))
 
 
 def finish_dirs(root: Path, change_dir: str | None, made: list[str]) -> tuple[str, ...]:

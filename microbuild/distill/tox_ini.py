@@ -204,7 +204,7 @@ class IniTox(ToxConfig):
                 out[key.strip()] = value.strip()
         return out
 
-    def env(self, name: str) -> ToxEnv:
+    def read_env(self, name: str) -> ToxEnv:
         made: list[str] = []
         root_ctx = Context(name, ".", (), 0, made)
         raw_dir = self._raw(name, "change_dir")

@@ -62,7 +62,7 @@ class TomlTox(ToxConfig):
         chain = [own] if isinstance(own, dict) else []
         for base in bases if isinstance(bases, list) else []:
             for table in (self.table.get(str(base)), self.envs.get(str(base))):
-                if isinstance(table, dict) and table not in chain:
+                if isinstance(table, dict) and all(table is not t for t in chain):
                     chain.append(table)
         return chain
 
@@ -259,7 +259,7 @@ class TomlTox(ToxConfig):
                 )
         return self.commands(commands)
 
-    def env(self, name: str) -> ToxEnv:
+    def read_env(self, name: str) -> ToxEnv:
         made: list[str] = []
         root_ctx = Context(name, ".", (), 0, made)
         raw_dir = self._raw(name, "change_dir")

@@ -23,6 +23,8 @@ def _toml(path: Path) -> dict[str, Any]:
         return tomllib.loads(path.read_text(encoding="utf-8-sig", errors="replace"))
     except tomllib.TOMLDecodeError as err:
         raise ToxConfigError(f"{path.name}: invalid TOML: {err}") from None
+    except RecursionError:
+        raise ToxConfigError(f"{path.name}: invalid TOML: nested too deep") from None
 
 
 def load_tox(root: Path) -> ToxConfig | None:
