@@ -572,3 +572,23 @@ def test_host_python_is_chosen_from_dotted_env_names(tmp_path: Path) -> None:
         ("tests", "pytest -q"),
     ]
     assert f"setup tox.toml (tox env {DOT}): `pip install .`" in {i for i, _, _ in result.kept}
+
+
+def test_ci_posargs_and_requirement_paths(tmp_path: Path) -> None:
+    """`tox -e py -- tests/unit -x`: tox's posargs replace the default, paths made relative to
+    change_dir (tox's args_are_paths); `-r {tox_root}/...` deps are plain project paths."""
+    workflow = "on: push\njobs:\n  t:\n    runs-on: ubuntu-latest\n    steps:\n      - run: {}\n"
+    root = project(
+        tmp_path,
+        {
+            ".github/workflows/ci.yml": workflow.format("tox -e py -- tests/unit -x"),
+            "tests/unit/test_a.py": "",
+            "requirements/test.txt": "pytest\n",
+            "tox.ini": "[tox]\nenv_list = py\n[testenv]\nskip_install = true\nchange_dir = tests\n"
+            "deps = -r {tox_root}/requirements/test.txt\n"
+            "commands = pytest {posargs:--default}\n",
+        },
+    )
+    result = distill(root)
+    assert result.checks == (("tests", "cd tests && pytest ../tests/unit -x", 900),)
+    assert result.python.requirement_files == ["requirements/test.txt"]

@@ -95,6 +95,8 @@ def expand(root: Path, step: Step, out: Distiller) -> list[Step]:
             tox = load_tox(root)
             if tox is None:
                 return [step]
+            if "--" in args:
+                args, tox.posargs = args[: args.index("--")], args[args.index("--") + 1 :]
             envs, why = tox.select([a for a in args if a not in _TOX_RUN])
         except ToxConfigError as err:
             out.drop(f"{step.where}: `{step.command}`", str(err), None)

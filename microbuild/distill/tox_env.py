@@ -256,6 +256,8 @@ class ToxConfig(ABC):
         self.file = file
         self.fragments: list[str] = []
         self.work = 0
+        self.posargs: list[str] | None = None
+        """What a CI line passes after ``--`` (``tox -e py -- -x``); None: the defaults."""
 
     def env(self, name: str) -> ToxEnv:
         """The environment ``name`` substituted; ToxConfigError when it cannot be read."""
@@ -332,7 +334,8 @@ class ToxConfig(ABC):
         if kind == "" and rest == [""]:
             return ":"
         if kind == "posargs":
-            return ":".join(rest)
+            given = self.given_posargs(ctx)
+            return ":".join(rest) if given is None else shlex.join(given)
         if kind == "tty":
             return rest[1] if len(rest) > 1 else ""
         if kind == "env" and rest and rest[0]:
@@ -358,6 +361,18 @@ class ToxConfig(ABC):
 
     def core_section(self) -> str:
         return "tox"
+
+    def given_posargs(self, ctx: Context) -> list[str] | None:
+        """The posargs, with those naming project paths relative to change_dir (tox's
+        ``args_are_paths``)."""
+        if self.posargs is None:
+            return None
+        return [
+            join(ctx.up, arg)
+            if ctx.up != "." and not arg.startswith(("-", "/")) and (self.root / arg).exists()
+            else arg
+            for arg in self.posargs
+        ]
 
     def _env_var(self, name: str, default: str | None, ctx: Context) -> str:
         link = f"env:{name}"

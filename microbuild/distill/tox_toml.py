@@ -102,7 +102,8 @@ class TomlTox(ToxConfig):
 
     def _directive(self, kind: str, value: dict[str, Any], ctx: Context) -> Any:
         if kind == "posargs":
-            return self.unroll(value.get("default", []), ctx)
+            given = self.given_posargs(ctx)
+            return self.unroll(value.get("default", []), ctx) if given is None else given
         if kind == "env":
             name = value.get("name")
             if not isinstance(name, str) or not name:

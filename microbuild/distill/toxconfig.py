@@ -7,6 +7,7 @@ with a native ``[tool.tox]`` table; ``pyproject.toml`` with ``legacy_tox_ini``; 
 from __future__ import annotations
 
 import configparser
+import posixpath
 import shlex
 import tomllib
 from pathlib import Path
@@ -67,7 +68,7 @@ def env_steps(env: ToxEnv, where: str, file: str) -> list[Step]:
     if not env.skip_install:
         install.append(".[" + ",".join(env.extras) + "]" if env.extras else ".")
     for dep in env.deps:
-        install += shlex.split(dep) if dep.startswith("-") else [dep]
+        install += _tidy_files(shlex.split(dep)) if dep.startswith("-") else [dep]
     for group in env.dependency_groups:
         install += ["--group", group]
     if install:
@@ -91,6 +92,18 @@ def env_steps(env: ToxEnv, where: str, file: str) -> list[Step]:
                 ignore_exit=command.ignore_exit,
             )
         )
+    return out
+
+
+def _tidy_files(words: list[str]) -> list[str]:
+    """``-r ./req.txt`` (from ``{tox_root}/req.txt``) as ``-r req.txt``: a project path."""
+    out: list[str] = []
+    for word in words:
+        if out and out[-1] in ("-r", "-c", "--requirement", "--constraint"):
+            word = posixpath.normpath(word)
+        elif word[:2] in ("-r", "-c") and word[2:].startswith("./"):
+            word = word[:2] + posixpath.normpath(word[2:])
+        out.append(word)
     return out
 
 
