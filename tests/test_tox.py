@@ -30,8 +30,10 @@ KEYS = ("commands_pre", "commands", "commands_post", "change_dir", "deps", "set_
 needs_tox = pytest.mark.skipif(not TOX.is_file(), reason="tox (dev extra) is not installed")
 
 
-def tox_config(root: Path, envs: list[str]) -> dict[str, dict[str, list[str]]]:
-    """`tox config -e ENVS -k KEYS`, parsed: env → key → lines."""
+def tox_config(
+    root: Path, envs: list[str], posargs: list[str] | None = None
+) -> dict[str, dict[str, list[str]]]:
+    """`tox config -e ENVS -k KEYS [-- POSARGS]`, parsed: env → key → lines."""
     done = subprocess.run(
         [
             str(TOX),
@@ -44,6 +46,7 @@ def tox_config(root: Path, envs: list[str]) -> dict[str, dict[str, list[str]]]:
             ",".join(envs),
             "-k",
             *KEYS,
+            *(["--", *posargs] if posargs is not None else []),
         ],
         cwd=root,
         env={"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(root.parent)},
@@ -105,11 +108,14 @@ def ours(tox: ToxConfig, name: str) -> dict[str, list[str]]:
     }
 
 
-def assert_agrees(root: Path, envs: list[str]) -> dict[str, dict[str, list[str]]]:
+def assert_agrees(
+    root: Path, envs: list[str], posargs: list[str] | None = None
+) -> dict[str, dict[str, list[str]]]:
     """Ours and tox's renderings of ``envs`` are the same; returns ours."""
-    rendered = tox_config(root, envs)
+    rendered = tox_config(root, envs, posargs)
     tox = load_tox(root)
     assert tox is not None
+    tox.posargs = posargs
     result = {}
     for name in envs:
         mine = ours(tox, name)
@@ -590,5 +596,8 @@ def test_ci_posargs_and_requirement_paths(tmp_path: Path) -> None:
         },
     )
     result = distill(root)
-    assert result.checks == (("tests", "cd tests && pytest ../tests/unit -x", 900),)
+    assert result.checks == (("tests", "cd tests && pytest unit -x", 900),)
     assert result.python.requirement_files == ["requirements/test.txt"]
+    if TOX.is_file():
+        got = assert_agrees(root, ["py"], ["tests/unit", "-x", "tests/missing"])
+        assert got["py"]["commands"] == ["pytest unit -x tests/missing"]

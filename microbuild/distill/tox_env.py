@@ -258,10 +258,13 @@ class ToxConfig(ABC):
         self.work = 0
         self.posargs: list[str] | None = None
         """What a CI line passes after ``--`` (``tox -e py -- -x``); None: the defaults."""
+        self.change_dir: str | None = None
+        """The change_dir of the env being read, once known."""
 
     def env(self, name: str) -> ToxEnv:
         """The environment ``name`` substituted; ToxConfigError when it cannot be read."""
         self.work = 0
+        self.change_dir = None
         try:
             return self.read_env(name)
         except RecursionError:
@@ -363,13 +366,14 @@ class ToxConfig(ABC):
         return "tox"
 
     def given_posargs(self, ctx: Context) -> list[str] | None:
-        """The posargs, with those naming project paths relative to change_dir (tox's
+        """The posargs, those naming project paths relative to change_dir (tox's
         ``args_are_paths``)."""
         if self.posargs is None:
             return None
+        cwd = self.change_dir
         return [
-            join(ctx.up, arg)
-            if ctx.up != "." and not arg.startswith(("-", "/")) and (self.root / arg).exists()
+            posixpath.relpath(arg, cwd)
+            if cwd is not None and not arg.startswith("/") and (self.root / arg).exists()
             else arg
             for arg in self.posargs
         ]

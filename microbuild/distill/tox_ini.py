@@ -211,6 +211,7 @@ class IniTox(ToxConfig):
         change_dir = (
             normal_dir(self.expand(raw_dir, root_ctx), self.file, name) if raw_dir else None
         )
+        self.change_dir = change_dir
         up = up_from(change_dir)
 
         def lines(key: str, at: str) -> list[str]:

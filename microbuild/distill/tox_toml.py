@@ -267,6 +267,7 @@ class TomlTox(ToxConfig):
         change_dir = None
         if raw_dir is not None:
             change_dir = normal_dir(str(self.unroll(raw_dir, root_ctx)), self.file, name)
+        self.change_dir = change_dir
         up = up_from(change_dir)
         ctx = Context(name, up, (), 0, made)
         set_env, notes = self.set_env_values(name, up, made)
