@@ -601,3 +601,83 @@ def test_ci_posargs_and_requirement_paths(tmp_path: Path) -> None:
     if TOX.is_file():
         got = assert_agrees(root, ["py"], ["tests/unit", "-x", "tests/missing"])
         assert got["py"]["commands"] == ["pytest unit -x tests/missing"]
+
+
+SNIPPETS = {
+    "tox.ini": {
+        "a section's multi-line commands, alone on a line and inline": (
+            "[tox]\nenv_list = py\n[testenv]\ncommands =\n    pytest a\n    pytest b\n"
+            "[testenv:x]\ncommands =\n    {[testenv]commands}\n    echo {[testenv]commands}\n",
+            ["x"],
+        ),
+        "substitutions inside quotes": (
+            "[tox]\nenv_list = py\n[testenv]\nset_env = Q = hello world\ncommands =\n"
+            "    python -c \"print('{env:Q}')\"\n    sh -c 'echo {posargs:a b}'\n"
+            '    echo "{posargs:x y}"\n    echo {env:Q}\n',
+            ["py"],
+        ),
+        "nested env defaults through set_env": (
+            "[tox]\nenv_list = py\n[testenv]\nset_env =\n    A = {env:B:{env:C:deep}}\n"
+            "    D = {env:A}-x\ncommands = echo {env:D} {env:NOPE:{env:A}} {env:E:}\n",
+            ["py"],
+        ),
+        "factor lines, negated, combined, platform": (
+            "[tox]\nenv_list = py311-{a,b}\n[testenv]\ndeps =\n    a: x\n    !a: y\n"
+            "    {a,b}: both\n    py311-a: combo\n    linux: plat\n    win32: win\n"
+            "commands =\n    a,b: echo ab\n    !b: echo notb\n    py311-!a: echo py-nota\n",
+            ["py311-a", "py311-b"],
+        ),
+        "escapes, unknown substitutions and comments": (
+            "[tox]\nenv_list = py\n[testenv]\ncommands =\n    echo \\{a\\} \\[b\\] x\\:y \\\\z\n"
+            "    echo {unknown:thing} {}\n    echo a # comment\n    echo b \\# not comment\n",
+            ["py"],
+        ),
+        "core keys and other sections": (
+            "[tox]\nenv_list = py\nmin_version = 4\n[other]\nx = 1 {[tox]min_version}\n"
+            "[testenv]\ncommands = echo {[other]x} {min_version} {env_name} {envname} "
+            "{[testenv:lint]commands}\n[testenv:lint]\ncommands = ruff .\n",
+            ["py"],
+        ),
+    },
+    "tox.toml": {
+        "base tables and refs": (
+            'env_list = ["a", "b"]\n[shared]\ndeps = ["shared-dep"]\n'
+            'commands = [["echo", "shared"]]\n[env_run_base]\ndeps = ["run-base-dep"]\n'
+            'commands = [["echo", "run base"]]\nset_env = { X = "1" }\n[env.a]\nbase = ["shared"]\n'
+            '[env.b]\ncommands = [["echo", "{env:X}", "{env_name}"],'
+            ' { replace = "ref", of = ["shared", "commands"], extend = true }]\n',
+            ["a", "b"],
+        ),
+        "if on factors and env_name": (
+            'env_list = ["py-fast", "py-slow"]\n[env_run_base]\ncommands = [["pytest",'
+            ' { replace = "if", condition = "factor.fast", then = "-x", else = "-v" }],'
+            ' { replace = "if", condition = "env_name == \'py-slow\'", then = [["echo", "slow"]],'
+            " else = [], extend = true }]\n",
+            ["py-fast", "py-slow"],
+        ),
+        "strings, exit prefixes, a missing change_dir": (
+            'env_list = ["py"]\n[env_run_base]\ndeps = ["pytest", "-r{tox_root}{/}req.txt"]\n'
+            'change_dir = "{tox_root}{/}sub"\ncommands = [["pytest", "{posargs:-q}", "a b",'
+            ' "--x={env:Y:def}", "{[env_run_base]deps}"]]\n'
+            'commands_post = [["-", "echo", "post"], ["!", "false"]]\n',
+            ["py"],
+        ),
+        "refs to another env's values": (
+            'env_list = ["py", "lint"]\n[env_run_base]\ncommands = [["pytest"]]\n[env.lint]\n'
+            'deps = ["ruff"]\ncommands = [["ruff", "check"]]\n[env.py]\n'
+            'deps = [{ replace = "ref", env = "lint", key = "deps", extend = true }, "pytest"]\n'
+            'commands = [{ replace = "ref", env = "lint", key = "commands", extend = true },'
+            ' ["pytest"]]\n',
+            ["py"],
+        ),
+    },
+}
+
+
+@needs_tox
+@pytest.mark.parametrize(
+    ("file", "case"), [(file, case) for file, cases in SNIPPETS.items() for case in cases]
+)
+def test_snippets_agree_with_tox(tmp_path: Path, file: str, case: str) -> None:
+    text, envs = SNIPPETS[file][case]
+    assert_agrees(project(tmp_path, {file: text}), envs)

@@ -220,6 +220,12 @@ def to_command(args: list[str], fragments: list[str]) -> ToxCommand | None:
     return ToxCommand(tuple(render_word(a, fragments) for a in args), ignore, invert)
 
 
+def dep_line(line: str) -> str:
+    """tox's form of a requirement-file line: ``-rfile`` as ``-r file``."""
+    match = re.fullmatch(r"(-[rc]|--requirement|--constraint)=?(\S.*)", line.strip())
+    return f"{match[1]} {match[2]}" if match else line.strip()
+
+
 def split_line(line: str) -> list[str]:
     """tox's command splitting (posix shlex, no comments); an unbalanced quote keeps the rest."""
     splitter = shlex.shlex(line, posix=True)

@@ -18,6 +18,7 @@ from microbuild.distill.tox_env import (
     ToxConfig,
     ToxConfigError,
     ToxEnv,
+    dep_line,
     expand_generative,
     finish_dirs,
     normal_dir,
@@ -232,7 +233,7 @@ class IniTox(ToxConfig):
         package = (self._raw(name, "package") or "").strip().lower()
         return ToxEnv(
             name=name,
-            deps=tuple(lines("deps", ".")),
+            deps=tuple(dep_line(d) for d in lines("deps", ".")),
             extras=tuple(words("extras")),
             dependency_groups=tuple(words("dependency_groups")),
             skip_install=skip or package == "skip",

@@ -18,6 +18,7 @@ from microbuild.distill.tox_env import (
     ToxConfig,
     ToxConfigError,
     ToxEnv,
+    dep_line,
     finish_dirs,
     normal_dir,
     up_from,
@@ -207,7 +208,7 @@ class TomlTox(ToxConfig):
             return None
         value = self.unroll(found, ctx.nested(f"[{section or ''}]{key}"))
         if isinstance(value, list):
-            value = "\n".join(
+            value = " ".join(
                 " ".join(map(str, v)) if isinstance(v, list) else str(v) for v in value
             )
         return _escape(str(value))
@@ -275,7 +276,7 @@ class TomlTox(ToxConfig):
         package = self._raw(name, "package")
         return ToxEnv(
             name=name,
-            deps=tuple(self._strings(name, "deps", root_ctx)),
+            deps=tuple(dep_line(d) for d in self._strings(name, "deps", root_ctx)),
             extras=tuple(self._strings(name, "extras", root_ctx)),
             dependency_groups=tuple(self._strings(name, "dependency_groups", root_ctx)),
             skip_install=skip is True or package == "skip",
