@@ -681,3 +681,56 @@ SNIPPETS = {
 def test_snippets_agree_with_tox(tmp_path: Path, file: str, case: str) -> None:
     text, envs = SNIPPETS[file][case]
     assert_agrees(project(tmp_path, {file: text}), envs)
+
+
+def test_labels_and_toxenv_choose_environments(tmp_path: Path) -> None:
+    """`tox -m static` runs the envs labelled so (core table or their own labels); a bare `tox`
+    under `env: TOXENV: ...` runs that env; an unknown label is dropped with the reason."""
+    steps = "\n".join(f"      - run: {line}" for line in ("tox -m static", "tox", "tox -m nope"))
+    workflow = (
+        "on: push\njobs:\n  t:\n    runs-on: ubuntu-latest\n    env:\n      TOXENV: unit\n"
+        f"    steps:\n{steps}\n"
+    )
+    root = project(
+        tmp_path,
+        {
+            ".github/workflows/ci.yml": workflow,
+            "tox.toml": 'env_list = ["unit", "integration"]\nlabels = { static = ["lint"] }\n'
+            '[env.unit]\ncommands = [["pytest", "tests/unit"]]\n'
+            '[env.integration]\ncommands = [["pytest", "tests/integration"]]\n'
+            '[env.lint]\ncommands = [["ruff", "check", "."]]\n'
+            '[env.types]\nlabels = ["static"]\ncommands = [["mypy", "src"]]\n',
+        },
+    )
+    result = distill(root)
+    assert [(name, command) for name, command, _ in result.checks] == [
+        ("lint", "ruff check ."),
+        ("types", "mypy src"),
+        ("tests", "pytest tests/unit"),
+    ]
+    reasons = {d.item: d.reason for d in result.dropped}
+    assert reasons["job t step 3: `tox -m nope`"] == "tox.toml defines no tox label 'nope'"
+
+
+@needs_tox
+def test_ini_labels_agree_with_tox(tmp_path: Path) -> None:
+    root = project(
+        tmp_path,
+        {
+            "tox.ini": "[tox]\nenv_list = py\nlabels =\n    static = lint, type{,s}\n"
+            "[testenv:lint]\ncommands = ruff check .\n[testenv:other]\nlabels = static\n"
+            "commands = echo\n",
+        },
+    )
+    done = subprocess.run(
+        [str(TOX), "config", "-m", "static", "-k", "commands"],
+        cwd=root,
+        env={"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(root.parent)},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    theirs = re.findall(r"^\[testenv:(.+)\]$", done.stdout, re.MULTILINE)
+    tox = load_tox(root)
+    assert tox is not None
+    assert tox.select(["-m", "static"]) == (theirs, None)

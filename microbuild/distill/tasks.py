@@ -97,7 +97,11 @@ def expand(root: Path, step: Step, out: Distiller) -> list[Step]:
                 return [step]
             if "--" in args:
                 args, tox.posargs = args[: args.index("--")], args[args.index("--") + 1 :]
-            envs, why = tox.select([a for a in args if a not in _TOX_RUN])
+            chosen = [a for a in args if a not in _TOX_RUN]
+            toxenv = dict(step.env).get("TOXENV")
+            if toxenv and not any(a.startswith(("-e", "--env", "-m", "-f")) for a in chosen):
+                chosen += ["-e", toxenv]
+            envs, why = tox.select(chosen)
         except ToxConfigError as err:
             out.drop(f"{step.where}: `{step.command}`", str(err), None)
             return []

@@ -300,6 +300,30 @@ class ToxConfig(ABC):
     def raw_set_env(self, env: str) -> dict[str, str]:
         """The env's set_env, unsubstituted."""
 
+    @abstractmethod
+    def core_labels(self) -> dict[str, list[str]]:
+        """The core ``labels`` table: label → environments."""
+
+    @abstractmethod
+    def env_labels(self, env: str) -> list[str]:
+        """The labels an environment gives itself."""
+
+    def labelled(self, labels: list[str]) -> tuple[list[str], str | None]:
+        """The environments of ``tox -m LABEL...``, or why there are none."""
+        core = self.core_labels()
+        out = [e for label in labels for e in core.get(label, [])]
+        known = set(core)
+        for env in self.env_list():
+            own = self.env_labels(env)
+            known.update(own)
+            if set(own) & set(labels) and env not in out:
+                out.append(env)
+        unknown = [label for label in labels if label not in known]
+        if unknown:
+            return [], f"{self.file} defines no tox label {', '.join(map(repr, unknown))}"
+        defined = self.env_list()
+        return [e for e in defined if e in out] + [e for e in out if e not in defined], None
+
     def env_list(self) -> list[str]:
         """The declared environments, then those with a section of their own."""
         out = self.declared_envs()
@@ -455,16 +479,25 @@ class ToxConfig(ABC):
         """The environments a ``tox`` command line runs, or a reason it cannot be read."""
         names: list[str] = []
         factors: list[str] = []
+        labels: list[str] = []
         it = iter(args)
         for arg in it:
-            if arg in ("-e", "--env", "-f", "--factor") or arg.startswith(("-e", "-f")):
+            if arg == "-m" or (arg.startswith("-m") and not arg.startswith("--")):
+                labels += [arg[2:]] if len(arg) > 2 else []
+                labels += list(itertools.takewhile(lambda a: not a.startswith("-"), it))
+            elif arg in ("-e", "--env", "-f", "--factor") or arg.startswith(("-e", "-f")):
                 value = arg[2:] if len(arg) > 2 and not arg.startswith("--") else next(it, "")
                 value = value.lstrip("=")
                 (factors if arg.startswith(("-f", "--factor")) else names).extend(
                     v.strip() for v in value.split(",") if v.strip()
                 )
         known = self.env_list()
-        if not names and not factors:
+        labelled: list[str] = []
+        if labels:
+            labelled, why = self.labelled(labels)
+            if why:
+                return [], why
+        elif not names and not factors:
             names = self.declared_envs() or known
         chosen: list[str] = []
         known_factors = self.known_factors()
@@ -481,6 +514,7 @@ class ToxConfig(ABC):
                 chosen.append(name)
             else:
                 return [], f"{self.file} defines no tox environment {name!r}"
+        chosen += [e for e in labelled if e not in chosen]
         for factor in factors:
             chosen += [k for k in known if factor in k.split("-") and k not in chosen]
         return self.one_python(chosen), None

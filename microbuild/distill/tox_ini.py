@@ -137,6 +137,22 @@ class IniTox(ToxConfig):
                 out += [e for e in expand_generative(line) if e not in out]
         return out
 
+    def core_labels(self) -> dict[str, list[str]]:
+        out: dict[str, list[str]] = {}
+        for line in process_raw(self._get(self.core, "labels") or "", None).split("\n"):
+            label, eq, envs = line.partition("=")
+            if eq and label.strip():
+                out[label.strip()] = [
+                    e
+                    for entry in split_top(envs)
+                    if entry.strip()
+                    for e in expand_generative(entry.strip())
+                ]
+        return out
+
+    def env_labels(self, env: str) -> list[str]:
+        return [w for w in re.split(r"[,\s]+", self._raw(env, "labels") or "") if w]
+
     def defined_envs(self) -> list[str]:
         out: list[str] = []
         for section in self.parser.sections():

@@ -52,6 +52,16 @@ class TomlTox(ToxConfig):
             raise ToxConfigError(f"{self.file}: env_list must be an array of environment names")
         return [e for e in raw if isinstance(e, str)]
 
+    def core_labels(self) -> dict[str, list[str]]:
+        table = self.table.get("labels", {})
+        if not isinstance(table, dict):
+            return {}
+        return {str(k): [str(e) for e in v] for k, v in table.items() if isinstance(v, list)}
+
+    def env_labels(self, env: str) -> list[str]:
+        raw = self._raw(env, "labels")
+        return [str(label) for label in raw] if isinstance(raw, list) else []
+
     def defined_envs(self) -> list[str]:
         return [name for name, value in self.envs.items() if isinstance(value, dict)]
 
