@@ -21,14 +21,11 @@ from microbuild.distill.steps import (
     target_kind,
 )
 from microbuild.distill.tox_env import ToxConfig, ToxConfigError
-from microbuild.distill.tox_ini import IniTox
 from microbuild.distill.toxconfig import env_steps, load_tox
 
 _MAKE_TARGETS = ("lint", "check", "typecheck", "type-check", "types", "mypy", "test", "tests")
-
-_TOX_RUN = ("run", "r", "run-parallel", "p", "--parallel-no-spinner")
-Tox = IniTox
-"""The tox.ini reader under its old name; :func:`load_tox` finds any tox config."""
+_TOX_RUN = ("run", "r", "run-parallel", "p")
+"""tox's subcommands that run environments, as `tox` alone does."""
 
 
 # ---------------------------------------------------------------------------
@@ -304,7 +301,6 @@ def _verdict(kind: str, body: str) -> Verdict:
 
 
 __all__ = [
-    "Tox",
     "add_all",
     "distill_tasks",
     "expand",

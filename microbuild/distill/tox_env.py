@@ -21,8 +21,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 HOST_PY = f"py{sys.version_info.major}{sys.version_info.minor}"
-_HOST_FACTORS = {HOST_PY, f"{sys.version_info.major}.{sys.version_info.minor}"}
-_HOST_FACTORS.add(f"py{sys.version_info.major}.{sys.version_info.minor}")
+_HOST_DOTTED = f"{sys.version_info.major}.{sys.version_info.minor}"
+_HOST_FACTORS = {HOST_PY, _HOST_DOTTED, f"py{_HOST_DOTTED}"}
+"""The names tox gives the host's Python as a factor: py311, 3.11, py3.11."""
 MAX_DEPTH = 100
 """tox's own bound on nested substitutions."""
 MAX_WORK = 20_000
