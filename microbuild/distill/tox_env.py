@@ -221,6 +221,11 @@ def to_command(args: list[str], fragments: list[str]) -> ToxCommand | None:
     return ToxCommand(tuple(render_word(a, fragments) for a in args), ignore, invert)
 
 
+def escape(text: str) -> str:
+    """A substituted string as raw text that substitutes to itself."""
+    return re.sub(r"([{}])", r"\\\1", text).replace("[]", "[\\]")
+
+
 def dep_line(line: str) -> str:
     """tox's form of a requirement-file line: ``-rfile`` as ``-r file``."""
     match = re.fullmatch(r"(-[rc]|--requirement|--constraint)=?(\S.*)", line.strip())

@@ -19,6 +19,7 @@ from microbuild.distill.tox_env import (
     ToxConfigError,
     ToxEnv,
     dep_line,
+    escape,
     expand_generative,
     finish_dirs,
     normal_dir,
@@ -214,10 +215,25 @@ class IniTox(ToxConfig):
         return None if value is None else process_raw(value, ctx.env)
 
     def raw_set_env(self, env: str) -> dict[str, str]:
+        return self._set_env_lines(self._raw(env, "set_env") or "", env, 0)
+
+    def _set_env_lines(self, text: str, env: str, depth: int) -> dict[str, str]:
+        """``KEY=VALUE`` lines; a line whose key is a substitution (``{[base]set_env}``,
+        ``{tty:FORCE_COLOR=1}``) is substituted first and read as lines, as tox does."""
+        if depth > 10:
+            raise ToxConfigError(f"{self.file}: tox env {env}: set_env refers to itself")
         out: dict[str, str] = {}
-        for line in (self._raw(env, "set_env") or "").split("\n"):
+        for line in text.split("\n"):
             key, eq, value = line.partition("=")
-            if eq and key.strip() and not key.strip().startswith("file|"):
+            if "{" in key or (not eq and "{" in line):
+                reference = re.fullmatch(r"\s*\{\[([^\]]*)\]([-\w]+)\}\s*", line)
+                ctx = Context(env, ".", ("set_env",), 1, [])
+                if reference:
+                    got = self.raw_reference(reference[1], reference[2], ctx) or ""
+                else:
+                    got = escape(self.expand(line, ctx))
+                out.update(self._set_env_lines(got, env, depth + 1))
+            elif eq and key.strip() and not key.strip().startswith("file|"):
                 out[key.strip()] = value.strip()
         return out
 

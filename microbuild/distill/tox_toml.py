@@ -8,7 +8,6 @@ argument arrays (no shell splitting); the ``replace`` tables ``posargs``, ``env`
 from __future__ import annotations
 
 import ast
-import re
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +18,7 @@ from microbuild.distill.tox_env import (
     ToxConfigError,
     ToxEnv,
     dep_line,
+    escape,
     finish_dirs,
     normal_dir,
     up_from,
@@ -30,11 +30,6 @@ _ALIASES = {
     "change_dir": ("change_dir", "changedir"),
     "allowlist_externals": ("allowlist_externals",),
 }
-
-
-def _escape(text: str) -> str:
-    """A substituted string as raw text that substitutes to itself."""
-    return re.sub(r"([{}])", r"\\\1", text).replace("[]", "[\\]")
 
 
 class TomlTox(ToxConfig):
@@ -221,7 +216,7 @@ class TomlTox(ToxConfig):
             value = " ".join(
                 " ".join(map(str, v)) if isinstance(v, list) else str(v) for v in value
             )
-        return _escape(str(value))
+        return escape(str(value))
 
     def raw_set_env(self, env: str) -> dict[str, str]:
         table = self._raw(env, "set_env")
