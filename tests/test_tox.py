@@ -571,19 +571,20 @@ def test_huge_generative_env_list_is_refused(tmp_path: Path) -> None:
 
 
 def test_host_python_is_chosen_from_dotted_env_names(tmp_path: Path) -> None:
-    """filelock names its envs "3.13", "3.12", ...: one runs, the host's."""
+    """filelock names its envs "3.14t", "3.13", "3.12", ...: one runs, the host's."""
     other = "3.99"
     root = project(
         tmp_path,
         {
-            "tox.toml": f'env_list = ["{other}", "@DOT@", "lint"]\n[env_run_base]\n'
-            'commands = [["pytest", "-q"]]\n[env.lint]\ncommands = [["ruff", "check", "."]]\n'
+            "tox.toml": f'env_list = ["{other}t", "{other}", "@DOT@", "lint"]\n[env_run_base]\n'
+            'commands = [["pytest", "-q", "--junitxml={env_name}.xml"]]\n'
+            '[env.lint]\ncommands = [["ruff", "check", "."]]\n'
         },
     )
     result = distill(root)
     assert [(name, command) for name, command, _ in result.checks] == [
         ("lint", "ruff check ."),
-        ("tests", "pytest -q"),
+        ("tests", f"pytest -q --junitxml={DOT}.xml"),
     ]
     assert f"setup tox.toml (tox env {DOT}): `pip install .`" in {i for i, _, _ in result.kept}
 

@@ -31,7 +31,8 @@ MAX_WORK = 20_000
 MAX_ENVS = 10_000
 """Names one generative expression (``py3{1-99999999}``) may stand for."""
 
-_PY_FACTOR_RE = re.compile(r"(py|pypy)?\d(\.?\d+)?|py|pypy|(py|pypy)\d\.\d+")
+_PY_FACTOR_RE = re.compile(r"(py|pypy)?\d(\.?\d+)?t?|py|pypy|(py|pypy)\d\.\d+t?")
+"""py311, 3.11, py3.11, 3.14t (free-threaded), pypy3: factors that name a Python."""
 _FRAGMENT_RE = re.compile("\ue000(\\d+)\ue001")
 _REFERENCE_RE = re.compile(
     r"(?:\[(?P<section>[^\]]*)\])?(?P<key>[-a-zA-Z0-9_]+)(?::(?P<default>.*))?", re.S
