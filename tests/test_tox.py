@@ -414,7 +414,7 @@ def test_host_environment_is_not_read(tmp_path: Path, monkeypatch: pytest.Monkey
     assert tox is not None
     env = tox.env("py")
     assert env.commands[0].shell() == "pytest --basetemp=${SECRET_TOKEN}/x ${HOME} none"
-    assert env.set_env == () and "LEAK" in env.notes[0]
+    assert env.set_env == () and env.shell_env == (("LEAK", '"${SECRET_TOKEN}"'),)
     rendered = repr(env)
     assert "host-secret" not in rendered and os.environ.get("HOME", "?") not in rendered.replace(
         "${HOME}", ""
@@ -790,3 +790,29 @@ def test_real_projects_agree_with_tox(tmp_path: Path, name: str, version: str) -
     ]
     assert runnable
     assert_agrees(root, runnable)
+
+
+def test_set_env_completed_by_the_sidecar_shell(tmp_path: Path) -> None:
+    """`PATH = {tox_root}/bin{:}{env:PATH}`: the project's bin first, then the sidecar's PATH
+    (tox would take the host's); the generated command runs and sees both."""
+    root = project(
+        tmp_path,
+        {
+            "tox.ini": "[tox]\nenv_list = py\n[testenv]\nskip_install = true\n"
+            "set_env =\n  PATH = {tox_root}/bin{:}{env:PATH}\n  PLAIN = 1\n"
+            "commands = hello\n",
+            "bin/hello": '#!/bin/sh\necho "hello $PLAIN"\n',
+        },
+    )
+    (root / "bin" / "hello").chmod(0o755)
+    [step] = _steps(root, "py")
+    assert step.shell() == 'export PLAIN=1 && export PATH=./bin:"${PATH}" && hello'
+    done = subprocess.run(
+        ["sh", "-c", step.shell()],
+        cwd=root,
+        env={"PATH": "/usr/bin:/bin"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert (done.returncode, done.stdout) == (0, "hello 1\n"), done.stderr

@@ -228,8 +228,6 @@ def tox_steps(tox: ToxConfig, env: str, where: str, out: Distiller) -> list[Step
     except ToxConfigError as err:
         out.drop(f"{where} (tox env {env})", str(err), tox.file)
         return []
-    for note in found.notes:
-        out.drop(f"{where} (tox env {env})", note, tox.file)
     return env_steps(found, where, tox.file)
 
 

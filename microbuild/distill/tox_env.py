@@ -76,8 +76,8 @@ class ToxEnv:
     make_dirs: tuple[str, ...] = ()
     """Directories tox creates before running commands (a missing change_dir, env_tmp_dir)."""
     allowlist_externals: tuple[str, ...] = ()
-    notes: tuple[str, ...] = ()
-    """What was left out (a set_env value that needs the host), for the report."""
+    shell_env: tuple[tuple[str, str], ...] = ()
+    """set_env values the sidecar's shell completes (``${PATH}``), as shell words."""
 
 
 @dataclass
@@ -191,14 +191,16 @@ def join(up: str, path: str) -> str:
     return path if up == "." else f"{up}/{path}"
 
 
-def render_word(arg: str, fragments: list[str]) -> str:
-    """One tox argument as a shell word: text quoted, sidecar-evaluated fragments bare."""
+def render_word(arg: str, fragments: list[str], *, quoted: bool = False) -> str:
+    """One tox argument as a shell word: text quoted, sidecar-evaluated fragments bare (tox
+    splits a substituted value into words; so does the shell), or double-quoted."""
     out: list[str] = []
     last = 0
     for match in _FRAGMENT_RE.finditer(arg):
         if match.start() > last:
             out.append(shlex.quote(arg[last : match.start()]))
-        out.append(fragments[int(match[1])])
+        fragment = fragments[int(match[1])]
+        out.append(f'"{fragment}"' if quoted and not fragment.startswith('"') else fragment)
         last = match.end()
     if last < len(arg) or not out:
         out.append(shlex.quote(arg[last:]))
@@ -468,17 +470,18 @@ class ToxConfig(ABC):
 
     def set_env_values(
         self, env: str, up: str, make_dirs: list[str]
-    ) -> tuple[tuple[tuple[str, str], ...], tuple[str, ...]]:
-        """set_env substituted; a value that needs the sidecar's shell is left out, noted."""
-        pairs: list[tuple[str, str]] = []
-        notes: list[str] = []
+    ) -> tuple[tuple[tuple[str, str], ...], tuple[tuple[str, str], ...]]:
+        """set_env substituted: plain values, then those the sidecar's shell completes
+        (``PATH = {env:PATH}:...``) as shell words."""
+        plain: list[tuple[str, str]] = []
+        shell: list[tuple[str, str]] = []
         for key, raw in self.raw_set_env(env).items():
             value = self.expand(raw, Context(env, up, (f"env:{key}",), 1, make_dirs))
             if has_fragment(value):
-                notes.append(f"set_env {key} needs the host's environment; not exported")
+                shell.append((key, render_word(value, self.fragments, quoted=True)))
             else:
-                pairs.append((key, value))
-        return tuple(pairs), tuple(notes)
+                plain.append((key, value))
+        return tuple(plain), tuple(shell)
 
     # -- choosing environments
 

@@ -260,7 +260,7 @@ class IniTox(ToxConfig):
         def words(key: str) -> list[str]:
             return [w for line in lines(key, ".") for w in re.split(r"[,\s]+", line) if w]
 
-        set_env, notes = self.set_env_values(name, up, made)
+        set_env, shell_env = self.set_env_values(name, up, made)
         skip = (self._raw(name, "skip_install") or "").strip().lower() == "true"
         package = (self._raw(name, "package") or "").strip().lower()
         return ToxEnv(
@@ -276,7 +276,7 @@ class IniTox(ToxConfig):
             change_dir=change_dir,
             make_dirs=finish_dirs(self.root, change_dir, made),
             allowlist_externals=tuple(words("allowlist_externals")),
-            notes=notes,
+            shell_env=shell_env,
         )
 
 

@@ -276,7 +276,7 @@ class TomlTox(ToxConfig):
         self.change_dir = change_dir
         up = up_from(change_dir)
         ctx = Context(name, up, (), 0, made)
-        set_env, notes = self.set_env_values(name, up, made)
+        set_env, shell_env = self.set_env_values(name, up, made)
         skip = self._raw(name, "skip_install")
         package = self._raw(name, "package")
         return ToxEnv(
@@ -292,7 +292,7 @@ class TomlTox(ToxConfig):
             change_dir=change_dir,
             make_dirs=finish_dirs(self.root, change_dir, made),
             allowlist_externals=tuple(self._strings(name, "allowlist_externals", root_ctx)),
-            notes=notes,
+            shell_env=shell_env,
         )
 
 

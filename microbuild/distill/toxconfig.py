@@ -58,7 +58,8 @@ def load_tox(root: Path) -> ToxConfig | None:
 
 
 def env_steps(env: ToxEnv, where: str, file: str) -> list[Step]:
-    """The install, then each command with the env's change_dir, set_env and commands_pre.
+    """The install, then each command with the env's change_dir, set_env (those the sidecar's
+    shell completes exported before commands_pre) and commands_pre.
 
     commands_pre (compiling translations, say) runs before every command it prepares, in the
     same check, because each check runs on its own."""
@@ -73,7 +74,7 @@ def env_steps(env: ToxEnv, where: str, file: str) -> list[Step]:
         install += ["--group", group]
     if install:
         out.append(Step("pip install " + " ".join(shlex.quote(a) for a in install), file, label))
-    before: list[str] = []
+    before = [f"export {key}={word}" for key, word in env.shell_env]
     for pre in env.commands_pre:
         if classify(pre.shell()).kind == "python-setup":
             out.append(Step(pre.shell(), file, f"{label} commands_pre", env.change_dir))
