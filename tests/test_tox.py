@@ -816,3 +816,29 @@ def test_set_env_completed_by_the_sidecar_shell(tmp_path: Path) -> None:
         timeout=60,
     )
     assert (done.returncode, done.stdout) == (0, "hello 1\n"), done.stderr
+
+
+@needs_tox
+def test_toml_env_list_products_agree_with_tox(tmp_path: Path) -> None:
+    root = project(
+        tmp_path,
+        {
+            "tox.toml": 'env_list = ["lint", { product = [["py312", "py313"],'
+            ' { prefix = "django", start = 42, stop = 43 }], exclude = ["py312-django43"] },'
+            ' { product = [{ db = ["pg", "sqlite"] }, ["fast"]] }]\n'
+            '[env_run_base]\ncommands = [["pytest"]]\n'
+        },
+    )
+    done = subprocess.run(
+        [str(TOX), "config", "--no-provision", "-k", "env_name"],
+        cwd=root,
+        env={"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(root.parent)},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    theirs = re.findall(r"^\[testenv:(.+)\]$", done.stdout, re.MULTILINE)
+    tox = load_tox(root)
+    assert tox is not None
+    assert tox.declared_envs() == theirs
+    assert "py313-django43" in theirs and "py312-django43" not in theirs

@@ -8,10 +8,13 @@ argument arrays (no shell splitting); the ``replace`` tables ``posargs``, ``env`
 from __future__ import annotations
 
 import ast
+import itertools
+import math
 from pathlib import Path
 from typing import Any
 
 from microbuild.distill.tox_env import (
+    MAX_ENVS,
     Context,
     ToxCommand,
     ToxConfig,
@@ -25,6 +28,8 @@ from microbuild.distill.tox_env import (
 )
 from microbuild.distill.tox_ini import active_factors
 
+_OPEN_MINORS = (11, 15)
+"""tox's Python 3 minors for a range without start or stop."""
 _ALIASES = {
     "set_env": ("set_env", "setenv"),
     "change_dir": ("change_dir", "changedir"),
@@ -45,7 +50,43 @@ class TomlTox(ToxConfig):
         raw = self.table.get("env_list", [])
         if not isinstance(raw, list):
             raise ToxConfigError(f"{self.file}: env_list must be an array of environment names")
-        return [e for e in raw if isinstance(e, str)]
+        out: list[str] = []
+        for entry in raw:
+            names = self._product(entry) if isinstance(entry, dict) else [entry]
+            out += [str(n) for n in names if isinstance(n, str | int) and str(n) not in out]
+        return out
+
+    def _product(self, entry: dict[str, Any]) -> list[str]:
+        """``{ product = [["py312", "py313"], { prefix = "django", start = 42, stop = 43 }],
+        exclude = [...] }``: every combination joined with ``-``."""
+        groups = entry.get("product")
+        if not isinstance(groups, list):
+            raise ToxConfigError(f"{self.file}: an env_list table needs a `product` array")
+        choices = [self._factor_group(g) for g in groups]
+        if math.prod(len(c) for c in choices) > MAX_ENVS:
+            raise ToxConfigError(f"{self.file}: env_list product has more than {MAX_ENVS} envs")
+        exclude = entry.get("exclude") or []
+        names = ["-".join(combo) for combo in itertools.product(*choices)]
+        return [n for n in names if n not in exclude] if choices else []
+
+    def _factor_group(self, group: Any) -> list[str]:
+        if isinstance(group, list):
+            return [str(item) for item in group]
+        if isinstance(group, dict) and "prefix" in group:
+            start, stop = group.get("start"), group.get("stop")
+            first = start if isinstance(start, int) else _OPEN_MINORS[0]
+            last = stop if isinstance(stop, int) else _OPEN_MINORS[1]
+            if last - first > MAX_ENVS:
+                raise ToxConfigError(f"{self.file}: env_list range has more than {MAX_ENVS} envs")
+            return [f"{group['prefix']}{n}" for n in range(first, last + 1)]
+        if isinstance(group, dict) and len(group) == 1:
+            values = next(iter(group.values()))
+            if isinstance(values, dict) and "prefix" in values:
+                return self._factor_group(values)
+            if isinstance(values, dict):
+                values = values.get("values", [])
+            return [str(v) for v in values] if isinstance(values, list) else []
+        raise ToxConfigError(f"{self.file}: env_list product groups are arrays or ranges")
 
     def core_labels(self) -> dict[str, list[str]]:
         table = self.table.get("labels", {})
