@@ -647,6 +647,12 @@ SNIPPETS = {
             "change_dir = sub\ncommands = echo {env:B} {env:C} {env:A}\n",
             ["py"],
         ),
+        "an expression spanning lines": (
+            "[tox]\nenv_list = py\n[testenv]\nskip_install = true\ncommands =\n"
+            "    pytest {posargs:\n        -x\n        tests}\n    {posargs:a\n   b}\n"
+            "    echo done {[testenv]deps}\ndeps =\n    pytest\n    ruff\n",
+            ["py"],
+        ),
         "core keys and other sections": (
             "[tox]\nenv_list = py\nmin_version = 4\n[other]\nx = 1 {[tox]min_version}\n"
             "[testenv]\ncommands = echo {[other]x} {min_version} {env_name} {envname} "

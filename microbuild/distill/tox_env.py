@@ -164,6 +164,21 @@ def _tokens(
     return (*args, tuple(current)), pos
 
 
+def _is_reference(expr: _Expr) -> bool:
+    """``{[section]key}`` or ``{key}``, not ``{posargs:...}``, ``{env:...}`` and the like."""
+    first = expr.args[0]
+    kind = first[0] if len(first) == 1 and isinstance(first[0], str) else None
+    return kind not in ("/", "", "posargs", "tty", "env", "glob")
+
+
+def _shares_line(parts: tuple[str | _Expr, ...], at: int) -> bool:
+    before = parts[at - 1] if at else ""
+    after = parts[at + 1] if at + 1 < len(parts) else ""
+    if isinstance(before, _Expr) or isinstance(after, _Expr):
+        return True
+    return bool(before.rpartition("\n")[2].strip() or after.partition("\n")[0].strip())
+
+
 def expand_generative(name: str) -> list[str]:
     """``py3{9-11}-{a,b}`` → py39-a, py39-b, ...; ranges and comma lists."""
     parts = re.split(r"(\{[^{}]*\})", name)
@@ -356,6 +371,26 @@ class ToxConfig(ABC):
                 f"{self.file}: substitution in tox env {ctx.env} nests more than {MAX_DEPTH} deep"
             )
         return self._join(parse(value), ctx)
+
+    def expand_lines(self, value: str, ctx: Context) -> list[str]:
+        """A multi-line value (commands, deps) substituted as a whole, as tox does: a
+        reference's lines stay lines when it stands alone on its line, else join with spaces;
+        a default's (``{posargs:a\nb}``) stay lines."""
+        if ctx.depth > MAX_DEPTH:
+            raise ToxConfigError(
+                f"{self.file}: substitution in tox env {ctx.env} nests more than {MAX_DEPTH} deep"
+            )
+        parts = parse(value)
+        out: list[str] = []
+        for at, part in enumerate(parts):
+            if isinstance(part, str):
+                out.append(part)
+                continue
+            text = self._resolve(part, ctx)
+            if "\n" in text and _is_reference(part) and _shares_line(parts, at):
+                text = " ".join(text.splitlines())
+            out.append(text)
+        return "".join(out).split("\n")
 
     def _join(self, parts: tuple[str | _Expr, ...], ctx: Context) -> str:
         return "".join(p if isinstance(p, str) else self._resolve(p, ctx) for p in parts)

@@ -248,14 +248,8 @@ class IniTox(ToxConfig):
         up = up_from(change_dir)
 
         def lines(key: str, at: str) -> list[str]:
-            out: list[str] = []
-            for line in (self._raw(name, key) or "").split("\n"):
-                if not line.strip():
-                    continue
-                expanded = self.expand(line, Context(name, at, (), 0, made))
-                alone = re.fullmatch(r"\s*\{[^{}]*\}\s*", line) is not None
-                out += expanded.split("\n") if alone else [" ".join(expanded.split("\n"))]
-            return [line.strip() for line in out if line.strip()]
+            found = self.expand_lines(self._raw(name, key) or "", Context(name, at, (), 0, made))
+            return [line.strip() for line in found if line.strip()]
 
         def words(key: str) -> list[str]:
             return [w for line in lines(key, ".") for w in re.split(r"[,\s]+", line) if w]
