@@ -407,6 +407,7 @@ def test_host_environment_is_not_read(tmp_path: Path, monkeypatch: pytest.Monkey
         tmp_path,
         {
             "tox.ini": "[tox]\nenv_list = py\n[testenv]\nset_env =\n  LEAK = {env:SECRET_TOKEN}\n"
+            "deps = {env:SECRET_TOKEN}\n"
             "commands = pytest --basetemp={env:SECRET_TOKEN}/x {env:HOME} {glob:/etc/pass*:none}\n"
         },
     )
@@ -415,6 +416,7 @@ def test_host_environment_is_not_read(tmp_path: Path, monkeypatch: pytest.Monkey
     env = tox.env("py")
     assert env.commands[0].shell() == "pytest --basetemp=${SECRET_TOKEN}/x ${HOME} none"
     assert env.set_env == () and env.shell_env == (("LEAK", '"${SECRET_TOKEN}"'),)
+    assert env.deps == ("${SECRET_TOKEN}",)
     rendered = repr(env)
     assert "host-secret" not in rendered and os.environ.get("HOME", "?") not in rendered.replace(
         "${HOME}", ""

@@ -44,6 +44,9 @@ SITE_PACKAGES = '"$(python -c \'import sysconfig; print(sysconfig.get_paths()["p
 class ToxConfigError(ValueError):
     """A tox configuration microbuild cannot read: one line, naming the file."""
 
+    def __init__(self, message: str) -> None:
+        super().__init__(" ".join(message.split()))
+
 
 @dataclass(frozen=True)
 class ToxCommand:
@@ -364,6 +367,11 @@ class ToxConfig(ABC):
         """A marker for shell text evaluated in the sidecar, kept unquoted when rendered."""
         self.fragments.append(shell)
         return f"\ue000{len(self.fragments) - 1}\ue001"
+
+    def plain(self, text: str) -> str:
+        """Text with its sidecar-evaluated parts written out (``${NAME}``), for values that are
+        not shell words: a dep tox would read from the host shows as ``${NAME}``."""
+        return _FRAGMENT_RE.sub(lambda m: self.fragments[int(m[1])], text)
 
     def expand(self, value: str, ctx: Context) -> str:
         if ctx.depth > MAX_DEPTH:

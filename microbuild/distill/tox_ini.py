@@ -251,15 +251,18 @@ class IniTox(ToxConfig):
             found = self.expand_lines(self._raw(name, key) or "", Context(name, at, (), 0, made))
             return [line.strip() for line in found if line.strip()]
 
+        def values(key: str) -> list[str]:
+            return [self.plain(line) for line in lines(key, ".")]
+
         def words(key: str) -> list[str]:
-            return [w for line in lines(key, ".") for w in re.split(r"[,\s]+", line) if w]
+            return [w for line in values(key) for w in re.split(r"[,\s]+", line) if w]
 
         set_env, shell_env = self.set_env_values(name, up, made)
         skip = (self._raw(name, "skip_install") or "").strip().lower() == "true"
         package = (self._raw(name, "package") or "").strip().lower()
         return ToxEnv(
             name=name,
-            deps=tuple(dep_line(d) for d in lines("deps", ".")),
+            deps=tuple(dep_line(d) for d in values("deps")),
             extras=tuple(words("extras")),
             dependency_groups=tuple(words("dependency_groups")),
             skip_install=skip or package == "skip",

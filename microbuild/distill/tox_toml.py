@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from microbuild.distill.tox_env import (
+    MAX_DEPTH,
     MAX_ENVS,
     Context,
     ToxCommand,
@@ -124,7 +125,7 @@ class TomlTox(ToxConfig):
 
     def unroll(self, value: Any, ctx: Context) -> Any:
         """tox's ``Unroll``: strings substituted, ``replace`` tables resolved, recursively."""
-        if ctx.depth > 100:
+        if ctx.depth > MAX_DEPTH:
             raise ToxConfigError(f"{self.file}: tox env {ctx.env}: values nest too deep")
         if isinstance(value, str):
             return self.expand(value, ctx)
@@ -281,7 +282,7 @@ class TomlTox(ToxConfig):
         if raw is None:
             return []
         got = self.unroll(raw if isinstance(raw, list) else [raw], ctx)
-        return [str(v) for v in self._flat(got) if str(v).strip()]
+        return [self.plain(str(v)) for v in self._flat(got) if str(v).strip()]
 
     def _flat(self, value: Any) -> list[Any]:
         if isinstance(value, list):
