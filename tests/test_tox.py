@@ -850,3 +850,39 @@ def test_toml_env_list_products_agree_with_tox(tmp_path: Path) -> None:
     assert tox is not None
     assert tox.declared_envs() == theirs
     assert "py313-django43" in theirs and "py312-django43" not in theirs
+
+
+def test_tox_run_in_a_subdirectory_or_with_a_config_path(tmp_path: Path) -> None:
+    """`working-directory: python` + `tox -e py`, and `tox -c tools/tox.ini -e lint`: tox reads
+    the config found from there; commands run in its directory (and its change_dir)."""
+    workflow = (
+        "on: push\njobs:\n  t:\n    runs-on: ubuntu-latest\n    steps:\n"
+        "      - run: tox -e py\n        working-directory: python\n"
+        "      - run: tox -c tools/tox.ini -e lint\n"
+        "      - run: tox -c ../elsewhere -e py\n"
+    )
+    root = project(
+        tmp_path,
+        {
+            ".github/workflows/ci.yml": workflow,
+            "python/tox.ini": "[tox]\nenv_list = py\n[testenv]\nextras = test\n"
+            "change_dir = tests\ncommands = pytest {tox_root}/src\n",
+            "python/tests/test_a.py": "",
+            "tools/tox.ini": "[tox]\nenv_list = lint\n[testenv:lint]\nskip_install = true\n"
+            "deps = ruff\ncommands = ruff check {tox_root}/..\n",
+        },
+    )
+    result = distill(root)
+    assert [(name, command) for name, command, _ in result.checks] == [
+        ("lint", "cd tools && ruff check ./.."),
+        ("tests", "cd python/tests && pytest ../src"),
+    ]
+    assert result.python.packages == ["'python/.[test]'", "ruff"]
+    kept = {item: reason for item, reason, _ in result.kept}
+    assert kept["job t step 2: `tox -c tools/tox.ini -e lint`"] == (
+        "expanded through tools/tox.ini: lint"
+    )
+    reasons = {d.item: d.reason for d in result.dropped}
+    assert reasons["job t step 3: `tox -c ../elsewhere -e py`"] == (
+        "tox runs in '../elsewhere', outside the project"
+    )

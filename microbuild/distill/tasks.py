@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import ast
 import json
+import posixpath
 import re
 import shlex
 from pathlib import Path
@@ -21,7 +22,7 @@ from microbuild.distill.steps import (
     target_kind,
 )
 from microbuild.distill.tox_env import ToxConfig, ToxConfigError
-from microbuild.distill.toxconfig import env_steps, load_tox
+from microbuild.distill.toxconfig import env_steps, find_tox, load_tox
 
 _MAKE_TARGETS = ("lint", "check", "typecheck", "type-check", "types", "mypy", "test", "tests")
 _TOX_RUN = ("run", "r", "run-parallel", "p")
@@ -89,7 +90,8 @@ def expand(root: Path, step: Step, out: Distiller) -> list[Step]:
     name, args = program(step.command)
     if name == "tox":
         try:
-            tox = load_tox(root)
+            args, start = _tox_start(step, args)
+            tox, base = find_tox(root, start)
             if tox is None:
                 return [step]
             if "--" in args:
@@ -112,7 +114,7 @@ def expand(root: Path, step: Step, out: Distiller) -> list[Step]:
                 tox.file,
             )
         )
-        return [s for env in envs for s in tox_steps(tox, env, step.where, out)]
+        return [s for env in envs for s in tox_steps(tox, env, step.where, out, base)]
     if name == "nox" and (root / "noxfile.py").is_file():
         names: list[str] = []
         it = iter(args)
@@ -221,14 +223,37 @@ def _make_target(text: str, target: str, out: Distiller) -> None:
             out.add(Step(line, "Makefile", where))
 
 
-def tox_steps(tox: ToxConfig, env: str, where: str, out: Distiller) -> list[Step]:
+def tox_steps(
+    tox: ToxConfig, env: str, where: str, out: Distiller, base: str | None = None
+) -> list[Step]:
     """The steps of one tox environment; none (and a note) when it cannot be read."""
     try:
         found = tox.env(env)
     except ToxConfigError as err:
         out.drop(f"{where} (tox env {env})", str(err), tox.file)
         return []
-    return env_steps(found, where, tox.file)
+    return env_steps(found, where, tox.file, base)
+
+
+def _tox_start(step: Step, args: list[str]) -> tuple[list[str], str | None]:
+    """The arguments without ``-c CONFIG``, and where tox starts looking for its config: the
+    step's directory, or the ``-c`` file's (relative to it)."""
+    rest: list[str] = []
+    start = step.cwd
+    it = iter(args)
+    for arg in it:
+        if arg in ("-c", "--conf"):
+            value = next(it, "")
+        elif arg.startswith("--conf="):
+            value = arg.removeprefix("--conf=")
+        elif arg.startswith("-c"):
+            value = arg.removeprefix("-c")
+        else:
+            rest.append(arg)
+            continue
+        path = posixpath.normpath(posixpath.join(step.cwd or ".", value))
+        start = posixpath.dirname(path) if path.endswith((".ini", ".cfg", ".toml")) else path
+    return rest, start
 
 
 def _tox_with_envs(root: Path, out: Distiller) -> ToxConfig | None:

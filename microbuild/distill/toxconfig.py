@@ -57,7 +57,27 @@ def load_tox(root: Path) -> ToxConfig | None:
     return None
 
 
-def env_steps(env: ToxEnv, where: str, file: str) -> list[Step]:
+def find_tox(root: Path, start: str | None) -> tuple[ToxConfig | None, str | None]:
+    """The config a ``tox`` run in ``start`` (relative to ``root``) reads, found upwards as tox
+    does, and its directory relative to ``root`` (None: the root). ToxConfigError when
+    ``start`` is outside the project."""
+    relative = posixpath.normpath(start or ".")
+    if relative.startswith("/") or relative == ".." or relative.startswith("../"):
+        raise ToxConfigError(f"tox runs in {start!r}, outside the project")
+    parts = [] if relative == "." else relative.split("/")
+    while True:
+        base = "/".join(parts) or None
+        tox = load_tox(root / base if base else root)
+        if tox is not None:
+            if base:
+                tox.file = f"{base}/{tox.file}"
+            return tox, base
+        if not parts:
+            return None, None
+        parts.pop()
+
+
+def env_steps(env: ToxEnv, where: str, file: str, base: str | None = None) -> list[Step]:
     """The install, then each command with the env's change_dir, set_env (those the sidecar's
     shell completes exported before commands_pre) and commands_pre.
 
@@ -73,11 +93,14 @@ def env_steps(env: ToxEnv, where: str, file: str) -> list[Step]:
     for group in env.dependency_groups:
         install += ["--group", group]
     if install:
-        out.append(Step("pip install " + " ".join(shlex.quote(a) for a in install), file, label))
+        words = " ".join(shlex.quote(a) for a in install)
+        out.append(Step(f"pip install {words}", file, label, base))
+    cwd = "/".join(p for p in (base, env.change_dir) if p) or None
+    made = tuple("/".join(p for p in (base, d) if p) for d in env.make_dirs)
     before = [f"export {key}={word}" for key, word in env.shell_env]
     for pre in env.commands_pre:
         if classify(pre.shell()).kind == "python-setup":
-            out.append(Step(pre.shell(), file, f"{label} commands_pre", env.change_dir))
+            out.append(Step(pre.shell(), file, f"{label} commands_pre", cwd))
         else:
             before.append(f"{{ {pre.shell()} || true; }}" if pre.ignore_exit else pre.shell())
     for command in (*env.commands, *env.commands_post):
@@ -86,10 +109,10 @@ def env_steps(env: ToxEnv, where: str, file: str) -> list[Step]:
                 command.shell(),
                 file,
                 label,
-                env.change_dir,
+                cwd,
                 env.set_env,
                 before=tuple(before),
-                make_dirs=env.make_dirs,
+                make_dirs=made,
                 ignore_exit=command.ignore_exit,
             )
         )
@@ -108,4 +131,4 @@ def _tidy_files(words: list[str]) -> list[str]:
     return out
 
 
-__all__ = ["ToxConfigError", "env_steps", "load_tox"]
+__all__ = ["ToxConfigError", "env_steps", "find_tox", "load_tox"]
