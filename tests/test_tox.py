@@ -733,6 +733,9 @@ def test_labels_and_toxenv_choose_environments(tmp_path: Path) -> None:
     ]
     reasons = {d.item: d.reason for d in result.dropped}
     assert reasons["job t step 3: `tox -m nope`"] == "tox.toml defines no tox label 'nope'"
+    tox = load_tox(root)
+    assert tox is not None
+    assert tox.select(["-e", "ALL"]) == (["unit", "integration", "lint", "types"], None)
 
 
 @needs_tox

@@ -552,6 +552,8 @@ class ToxConfig(ABC):
                 return [], why
         elif not names and not factors:
             names = self.declared_envs() or known
+        if "ALL" in names:
+            names = [n for n in names if n != "ALL"] + [k for k in known if k not in names]
         chosen: list[str] = []
         known_factors = self.known_factors()
         for name in names:
