@@ -290,7 +290,8 @@ def test_pyproject_tool_tox_native_and_legacy(tmp_path: Path) -> None:
             'deps = ["pytest>=8"]\ncommands = [["pytest", { replace = "posargs",'
             ' default = ["-q", "tests"], extend = true }]]\n'
             '[tool.tox.env.lint]\nskip_install = true\ndeps = ["ruff"]\n'
-            'commands = [["ruff", "check", "{tox_root}"], ["ruff", "format", "--check", "."]]\n'
+            'commands = [["ruff", "check", "{tox_root}"], ["ruff", "format", "--check", "."],'
+            ' ["echo", "{[tool.tox.env_run_base]deps}"]]\n'
         },
     )
     got = assert_agrees(native, ["py", "lint"])

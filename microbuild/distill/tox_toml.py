@@ -240,6 +240,8 @@ class TomlTox(ToxConfig):
     # -- lookups for string substitution
 
     def raw_reference(self, section: str | None, key: str, ctx: Context) -> str | None:
+        if section is not None and self.file.endswith("pyproject.toml"):
+            section = section.removeprefix("tool.tox.")
         if section is None:
             found = self._raw(ctx.env, key)
             if found is None:
