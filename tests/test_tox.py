@@ -890,3 +890,20 @@ def test_tox_run_in_a_subdirectory_or_with_a_config_path(tmp_path: Path) -> None
     assert reasons["job t step 3: `tox -c ../elsewhere -e py`"] == (
         "tox runs in '../elsewhere', outside the project"
     )
+
+
+def test_config_linked_to_a_host_file_is_not_read(tmp_path: Path) -> None:
+    """tox config is untrusted: a tox.ini linking to a host file is refused, and a broken one's
+    error says where, never what the line holds."""
+    secret = tmp_path / "host-secret"
+    secret.write_text("TOKEN-abc123\n")
+    root = project(tmp_path, {"README": ""})
+    (root / "tox.ini").symlink_to(secret)
+    with pytest.raises(ToxConfigError) as err:
+        load_tox(root)
+    assert str(err.value) == "tox.ini links outside the project; not read"
+    (root / "tox.ini").unlink()
+    (root / "tox.ini").write_text("[tox]\nenv_list = py\nTOKEN-abc123\n")
+    with pytest.raises(ToxConfigError) as err:
+        load_tox(root)
+    assert str(err.value) == "tox.ini cannot be parsed at line 3: a line that is not `key = value`"

@@ -30,6 +30,12 @@ from microbuild.distill.tox_env import (
 _COMMENT_RE = re.compile(r"(\s)*(?<!\\)#.*")
 _MARKER_RE = re.compile(r":(\s|$)")
 _FACTOR_RE = re.compile(r"!?[\w.*?\[\]][\w.*?\[\]-]*|")
+_ERRORS = {
+    configparser.MissingSectionHeaderError: "text before the first [section]",
+    configparser.DuplicateSectionError: "a section twice",
+    configparser.DuplicateOptionError: "a key twice in one section",
+    configparser.ParsingError: "a line that is not `key = value`",
+}
 _ALIASES = {
     "set_env": ("set_env", "setenv"),
     "change_dir": ("change_dir", "changedir"),
@@ -123,8 +129,14 @@ class IniTox(ToxConfig):
         try:
             self.parser.read_string(text)
         except configparser.Error as err:
-            message = " ".join(str(err).split())
-            raise ToxConfigError(f"{file} cannot be parsed: {message}") from None
+            # configparser quotes the offending line: the message names only where and what.
+            line = getattr(err, "lineno", None)
+            if isinstance(err, configparser.ParsingError) and err.errors:
+                line = err.errors[0][0]
+            where = f" at line {line}" if line else ""
+            raise ToxConfigError(
+                f"{file} cannot be parsed{where}: {_ERRORS.get(type(err), 'invalid ini')}"
+            ) from None
 
     def core_section(self) -> str:
         return self.core

@@ -28,14 +28,27 @@ def _toml(path: Path) -> dict[str, Any]:
         raise ToxConfigError(f"{path.name}: invalid TOML: nested too deep") from None
 
 
-def load_tox(root: Path) -> ToxConfig | None:
-    """The tox configuration tox would use at ``root``; None when there is none.
+def _file(root: Path, name: str, project: Path) -> Path | None:
+    """``root/name`` if it is a file of the project: a link out of it (to a host file) is
+    refused, never read."""
+    path = root / name
+    if not path.is_file():
+        return None
+    if not path.resolve().is_relative_to(project.resolve()):
+        raise ToxConfigError(f"{name} links outside the project; not read")
+    return path
+
+
+def load_tox(root: Path, project: Path | None = None) -> ToxConfig | None:
+    """The tox configuration tox would use at ``root`` (inside ``project``, by default
+    ``root``); None when there is none.
 
     Raises ToxConfigError (one line) when the file tox would read cannot be parsed."""
-    if (root / "tox.ini").is_file():
+    project = project or root
+    if _file(root, "tox.ini", project):
         return IniTox(root)
-    setup_cfg = root / "setup.cfg"
-    if setup_cfg.is_file():
+    setup_cfg = _file(root, "setup.cfg", project)
+    if setup_cfg is not None:
         parser = configparser.ConfigParser(interpolation=None, strict=False)
         try:
             parser.read_string(setup_cfg.read_text(encoding="utf-8", errors="replace"))
@@ -43,8 +56,8 @@ def load_tox(root: Path) -> ToxConfig | None:
             parser = configparser.ConfigParser()
         if parser.has_section("tox:tox"):
             return IniTox(root, "setup.cfg", core="tox:tox")
-    pyproject = root / "pyproject.toml"
-    if pyproject.is_file():
+    pyproject = _file(root, "pyproject.toml", project)
+    if pyproject is not None:
         data = _toml(pyproject)
         tool = data.get("tool")
         table = tool.get("tox") if isinstance(tool, dict) else None
@@ -52,9 +65,8 @@ def load_tox(root: Path) -> ToxConfig | None:
             return TomlTox(root, "pyproject.toml", table)
         if isinstance(table, dict) and isinstance(table.get("legacy_tox_ini"), str):
             return IniTox(root, "pyproject.toml", text=table["legacy_tox_ini"])
-    if (root / "tox.toml").is_file():
-        return TomlTox(root, "tox.toml", _toml(root / "tox.toml"))
-    return None
+    tox_toml = _file(root, "tox.toml", project)
+    return None if tox_toml is None else TomlTox(root, "tox.toml", _toml(tox_toml))
 
 
 def find_tox(root: Path, start: str | None) -> tuple[ToxConfig | None, str | None]:
@@ -67,7 +79,7 @@ def find_tox(root: Path, start: str | None) -> tuple[ToxConfig | None, str | Non
     parts = [] if relative == "." else relative.split("/")
     while True:
         base = "/".join(parts) or None
-        tox = load_tox(root / base if base else root)
+        tox = load_tox(root / base if base else root, root)
         if tox is not None:
             if base:
                 tox.file = f"{base}/{tox.file}"
