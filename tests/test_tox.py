@@ -207,7 +207,9 @@ def test_pyproject_api_like_ini(tmp_path: Path) -> None:
     assert "--cov ./tests" in pytest_line and f"html:.tox/{PY}/tmp/htmlcov" in pytest_line
     assert "{" not in pytest_line.replace(SITE_PACKAGES, "")
     assert got[PY]["set_env"] == [f"COVERAGE_FILE=.tox/.coverage.{PY}"]
-    assert load_tox(root).env("pkg_meta").make_dirs == (".tox/pkg_meta/tmp",)  # type: ignore[union-attr]
+    tox = load_tox(root)
+    assert tox is not None
+    assert tox.env("pkg_meta").make_dirs == (".tox/pkg_meta/tmp",)
 
 
 # Modelled on filelock's tox.toml: commands as arrays, posargs with an array default spread into
