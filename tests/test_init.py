@@ -836,3 +836,88 @@ def _dump(data: dict[str, Any]) -> str:
         else:
             lines += [f"[{table}]", *(f"{k} = {value(v)}" for k, v in body.items()), ""]
     return "\n".join(lines)
+
+
+TOOL_TOX_PYPROJECT = """\
+[build-system]
+requires = ["setuptools>=64"]
+build-backend = "setuptools.build_meta"
+
+[project]
+name = "demo"
+version = "1.0"
+
+[project.optional-dependencies]
+tests = ["pytest>=8"]
+
+[tool.tox]
+env_list = ["py", "lint"]
+
+[tool.tox.env_run_base]
+extras = ["tests"]
+change_dir = "build/run"
+set_env = { PYTHONPATH = "{tox_root}", DEMO_LOCALE = "{tox_root}{/}locale" }
+commands_pre = [["python", "-m", "demo.compile", { replace = "env", name = "DEMO_LOCALE" }]]
+commands = [
+  ["pytest", { replace = "posargs", default = ["-q", "{tox_root}{/}tests"], extend = true }],
+]
+
+[tool.tox.env.lint]
+skip_install = true
+deps = ["ruff"]
+commands = [["ruff", "check", "{tox_root}"]]
+"""
+
+TOX_PY_WORKFLOW = """\
+name: ci
+on: [push]
+jobs:
+  tests:
+    runs-on: ubuntu-latest
+    steps:
+      - uses: actions/checkout@v4
+      - uses: actions/setup-python@v5
+        with: {python-version: "3.12"}
+      - run: python -m pip install tox
+      - run: tox -e py
+"""
+
+
+def test_github_tox_env_from_pyproject_tool_tox(tmp_path: Path) -> None:
+    """A workflow's `tox -e py` read through pyproject's [tool.tox]: the env's commands_pre
+    (compiling translations the tests need) runs first, in change_dir (created, as tox does),
+    with set_env's paths relative to it; the generated check passes when run."""
+    root = make_project(
+        tmp_path / "demo",
+        {
+            ".github/workflows/ci.yml": TOX_PY_WORKFLOW,
+            "pyproject.toml": TOOL_TOX_PYPROJECT,
+            "demo/__init__.py": "",
+            "demo/compile.py": "import pathlib, sys\n"
+            "pathlib.Path(sys.argv[1]).mkdir(exist_ok=True)\n"
+            "(pathlib.Path(sys.argv[1]) / 'demo.mo').write_text('compiled')\n",
+            "tests/test_i18n.py": "import os, pathlib\n\n\ndef test_messages_compiled():\n"
+            "    assert pathlib.Path(os.environ['DEMO_LOCALE'], 'demo.mo').is_file()\n",
+        },
+    )
+    raw, config, stderr = init_and_load(root)
+    command = (
+        "mkdir -p build/run && cd build/run && export PYTHONPATH=../.. && "
+        "export DEMO_LOCALE=../../locale && python -m demo.compile ../../locale && "
+        "pytest -q ../../tests"
+    )
+    assert raw["check"] == [{"name": "tests", "command": command, "timeout_s": 900}]
+    assert raw["snapshot"]["setup"] == [VENV, f"{PIP} -e '.[tests]'"]
+    assert "expanded through pyproject.toml: py" in stderr
+    assert len(config.checks) == 1
+    bin_dir = Path(sys.executable).parent
+    done = subprocess.run(
+        ["sh", "-c", command],
+        cwd=root,
+        env={"PATH": f"{bin_dir}:/usr/bin:/bin", "HOME": str(tmp_path)},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "1 passed" in done.stdout

@@ -48,9 +48,10 @@ def init(
 ) -> None:
     """Write a microbuild.toml for the project at PATH (default: here), distilled from its CI.
 
-    Checks come from the CI (CircleCI, GitHub Actions, GitLab), else from tox.ini, noxfile.py,
-    Makefile or package.json, else from the Python project's files, which also complete the
-    setup. Each decision kept or dropped, and the file behind it, is printed to stderr.
+    Checks come from the CI (CircleCI, GitHub Actions, GitLab), else from the tox config
+    (tox.ini, setup.cfg, pyproject.toml or tox.toml), noxfile.py, Makefile or package.json, else
+    from the Python project's files, which also complete the setup. Each decision kept or
+    dropped, and the file behind it, is printed to stderr.
     """
     from microbuild.init import GeneratedConfigError, init_project
 

@@ -1,6 +1,6 @@
 """Distil a project's CI (CircleCI, GitHub Actions, GitLab) or task runners into checks.
 
-The CI systems are read first; when none yields a check, tox.ini / noxfile.py / Makefile /
+The CI systems are read first; when none yields a check, tox / noxfile.py / Makefile /
 package.json are; then a .pre-commit-config.yaml that pre-commit.ci runs (one with a ``ci:``
 table) and no CI step did. Python installs are not copied literally (CI installs into a throw-away
 machine's system Python): they are read into :class:`PythonNeeds`, which `microbuild init`

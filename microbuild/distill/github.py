@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from microbuild.distill._yaml import load_yaml
-from microbuild.distill.steps import Distiller, Step, short, split_script
+from microbuild.distill.steps import Distiller, Step, program, short, split_script
 from microbuild.distill.tasks import add_all
 
 HOST_PYTHON = f"{sys.version_info.major}.{sys.version_info.minor}"
@@ -126,11 +126,16 @@ def _job(
         step_env = _env(step.get("env"))
         for line in split_script(script):
             used = tuple(
-                (k, values[k])
-                for k in values
-                if (k in step_env or re.search(rf"\${{?{re.escape(k)}\b", line)) and values[k]
+                (k, values[k]) for k in values if (k in step_env or _reads(line, k)) and values[k]
             )
             add_all(root, out, [Step(line, rel, label, cwd_text, used)])
+
+
+def _reads(line: str, name: str) -> bool:
+    """Whether a line uses a variable: ``$NAME``, or tox reading TOXENV."""
+    if name == "TOXENV" and program(line)[0] == "tox":
+        return True
+    return re.search(rf"\${{?{re.escape(name)}\b", line) is not None
 
 
 _MAX_CELLS = 512

@@ -41,15 +41,26 @@ class Step:
     """Human location inside the file: ``job tests``, ``session lint``, ..."""
     cwd: str | None = None
     env: tuple[tuple[str, str], ...] = ()
+    before: tuple[str, ...] = ()
+    """Commands that prepare this one (tox's commands_pre), run first in ``cwd``."""
+    make_dirs: tuple[str, ...] = ()
+    """Directories to create first, relative to the root (tox creates a missing change_dir)."""
+    ignore_exit: bool = False
+    """The exit status does not count (tox's ``- command``)."""
 
     def shell(self) -> str:
         """The command as it must run from the project root."""
-        parts = [f"cd {shlex.quote(self.cwd)}"] if self.cwd not in (None, "", ".") else []
+        parts = [f"mkdir -p {shlex.join(self.make_dirs)}"] if self.make_dirs else []
+        parts += [f"cd {shlex.quote(self.cwd)}"] if self.cwd not in (None, "", ".") else []
         parts += [f"export {k}={shlex.quote(v)}" for k, v in self.env]
-        return " && ".join([*parts, self.command])
+        parts += self.before
+        command = f"{{ {self.command} || true; }}" if self.ignore_exit else self.command
+        return " && ".join([*parts, command])
 
     def prefixed(self) -> bool:
-        return bool(self.env) or self.cwd not in (None, "", ".")
+        return bool(
+            self.env or self.before or self.make_dirs or self.ignore_exit
+        ) or self.cwd not in (None, "", ".")
 
 
 @dataclass(frozen=True)
@@ -70,7 +81,7 @@ class Drop:
 
 
 # A line is read through these wrappers to the program that does the work.
-_WRAPPERS = {"sudo", "time", "exec", "env", "nice", "command", "xvfb-run"}
+_WRAPPERS = {"!", "sudo", "time", "exec", "env", "nice", "command", "xvfb-run"}
 _RUNNERS = (
     ("uv", "run"),
     ("poetry", "run"),

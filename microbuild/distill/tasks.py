@@ -1,16 +1,15 @@
-"""Task runners a project declares without (or inside) CI: tox.ini, noxfile.py, Makefile,
-package.json. A CI line ``tox -e py311-tests`` is expanded through tox.ini the same way, so the
-sidecar runs the environment's commands rather than tox (which would need the network)."""
+"""Task runners a project declares without (or inside) CI: tox (tox.ini, setup.cfg, tox.toml or
+pyproject.toml), noxfile.py, Makefile, package.json. A CI line ``tox -e py311-tests`` is expanded
+through the tox config the same way, so the sidecar runs the environment's commands rather than
+tox (which would need the network)."""
 
 from __future__ import annotations
 
 import ast
-import configparser
-import itertools
 import json
+import posixpath
 import re
 import shlex
-import sys
 from pathlib import Path
 
 from microbuild.distill.steps import (
@@ -22,215 +21,12 @@ from microbuild.distill.steps import (
     python_needs,
     target_kind,
 )
+from microbuild.distill.tox_env import ToxConfig, ToxConfigError
+from microbuild.distill.toxconfig import env_steps, find_tox, load_tox
 
-HOST_PY = f"py{sys.version_info.major}{sys.version_info.minor}"
-_PY_FACTOR_RE = re.compile(r"py\d*|pypy\d*")
 _MAKE_TARGETS = ("lint", "check", "typecheck", "type-check", "types", "mypy", "test", "tests")
-
-
-# ---------------------------------------------------------------------------
-# tox
-
-
-def _expand_generative(name: str) -> list[str]:
-    """``py3{9-11}-{a,b}`` → py39-a, py39-b, ...; ranges and comma lists."""
-    parts = re.split(r"(\{[^{}]*\})", name)
-    choices: list[list[str]] = []
-    for part in parts:
-        if part.startswith("{") and part.endswith("}"):
-            items: list[str] = []
-            for item in part[1:-1].split(","):
-                item = item.strip()
-                rng = re.fullmatch(r"(\d+)-(\d+)", item)
-                if rng:
-                    items += [str(n) for n in range(int(rng[1]), int(rng[2]) + 1)]
-                else:
-                    items.append(item)
-            choices.append(items)
-        else:
-            choices.append([part])
-    return ["".join(combo) for combo in itertools.product(*choices)]
-
-
-def _split_top(text: str) -> list[str]:
-    """Split on commas outside ``{...}``: ``py{39,310}-a, lint`` is two entries."""
-    parts: list[str] = []
-    depth = 0
-    current = ""
-    for char in text:
-        depth += (char == "{") - (char == "}")
-        if char == "," and depth == 0:
-            parts.append(current)
-            current = ""
-        else:
-            current += char
-    return [*parts, current]
-
-
-class Tox:
-    def __init__(self, root: Path) -> None:
-        self.root = root
-        self.parser = configparser.ConfigParser(interpolation=None, strict=False)
-        self.parser.read_string((root / "tox.ini").read_text(encoding="utf-8", errors="replace"))
-
-    def env_list(self) -> list[str]:
-        """The declared environments, then those with a section of their own."""
-        out = self.declared_envs()
-        for section_name in self.parser.sections():
-            if section_name.startswith("testenv:"):
-                for name in _expand_generative(section_name.removeprefix("testenv:")):
-                    if name not in out:
-                        out.append(name)
-        return out
-
-    def declared_envs(self) -> list[str]:
-        """The `env_list` alone: what `tox` with no `-e` runs."""
-        section = "tox" if self.parser.has_section("tox") else "tox:tox"
-        raw = self.parser.get(section, "env_list", fallback="") or self.parser.get(
-            section, "envlist", fallback=""
-        )
-        out: list[str] = []
-        for line in _split_top(raw.replace("\n", ",")):
-            line = line.split("#", 1)[0].strip()
-            if line:
-                out += _expand_generative(line)
-        return out
-
-    def _section(self, env: str) -> str | None:
-        for name in self.parser.sections():
-            if name.startswith("testenv:") and env in _expand_generative(name[8:]):
-                return name
-        return None
-
-    def get(self, env: str, key: str) -> str:
-        factors = set(env.split("-"))
-        section = self._section(env)
-        alt = key.replace("_", "")
-        raw = None
-        for sec in (section, "testenv"):
-            if sec is None or not self.parser.has_section(sec):
-                continue
-            for k in (key, alt):
-                if self.parser.has_option(sec, k):
-                    raw = self.parser.get(sec, k)
-                    break
-            if raw is not None:
-                break
-        if raw is None:
-            return ""
-        lines: list[str] = []
-        for line in re.sub(r"\\\n\s*", " ", raw).splitlines():
-            match = re.match(r"\s*([!A-Za-z0-9_.{},-]+):\s+(.*)", line)
-            if match and not match[1].startswith(("-", "http")):
-                wanted = match[1]
-                options = [opt for spec in wanted.split(",") for opt in _expand_generative(spec)]
-                if not any(
-                    all(
-                        (f[1:] not in factors) if f.startswith("!") else (f in factors)
-                        for f in option.split("-")
-                    )
-                    for option in options
-                ):
-                    continue
-                line = match[2]
-            lines.append(line.strip())
-        return "\n".join(line for line in lines if line)
-
-    def steps(self, env: str, where: str, file: str) -> list[Step]:
-        out: list[Step] = []
-        env_vars: list[tuple[str, str]] = []
-        for line in self.get(env, "set_env").splitlines():
-            key, eq, value = line.partition("=")
-            if eq and "{" not in value:
-                env_vars.append((key.strip(), value.strip()))
-        install: list[str] = []
-        if self.get(env, "skip_install").lower() != "true":
-            extras = [e.strip() for e in re.split(r"[,\s]+", self.get(env, "extras")) if e.strip()]
-            install.append(".[" + ",".join(extras) + "]" if extras else ".")
-        for dep in self.get(env, "deps").splitlines():
-            dep = self._subst(dep)
-            install += shlex.split(dep) if dep.startswith("-") else [dep]
-        for group in re.split(r"[,\s]+", self.get(env, "dependency_groups")):
-            if group.strip():
-                install += ["--group", group.strip()]
-        if install:
-            command = "pip install " + " ".join(shlex.quote(a) for a in install)
-            out.append(Step(command, file, f"{where} (tox env {env})"))
-        change_dir = self._subst(self.get(env, "change_dir") or self.get(env, "changedir"))
-        for line in self.get(env, "commands").splitlines():
-            line = self._subst(line, dict(env_vars)).lstrip("-! ").strip()
-            if line:
-                out.append(
-                    Step(
-                        line, file, f"{where} (tox env {env})", change_dir or None, tuple(env_vars)
-                    )
-                )
-        return out
-
-    def _subst(self, text: str, set_env: dict[str, str] | None = None) -> str:
-        # {env:NAME:default} (nested defaults too): the environment's set_env value, else the
-        # default, as tox gives it when NAME is unset; {env:NAME}: left to the shell.
-        known = set_env or {}
-        while True:
-            expanded = re.sub(
-                r"\{env:([A-Za-z_][A-Za-z0-9_]*)(?::([^{}]*))?\}",
-                lambda m: known.get(m[1], m[2] if m[2] is not None else f"${{{m[1]}}}"),
-                text,
-            )
-            if expanded == text:
-                break
-            text = expanded
-        text = re.sub(r"\{posargs:([^{}]*)\}", r"\1", text)
-        text = re.sub(r"\{(posargs|tty:[^{}]*)\}", "", text)
-        text = re.sub(r"\{(toxinidir|tox_root)\}/?", "./", text)
-        text = re.sub(r"\{envpython\}", "python", text)
-        text = re.sub(r"\{env(tmp|log|site_packages_|)dir\}", "/tmp/tox-env", text)
-        return re.sub(r"\s+", " ", text).strip()
-
-    def select(self, args: list[str]) -> tuple[list[str], str | None]:
-        """The environments a ``tox`` command line runs, or a reason it cannot be read."""
-        names: list[str] = []
-        factors: list[str] = []
-        it = iter(args)
-        for arg in it:
-            if arg in ("-e", "--env", "-f", "--factor") or arg.startswith(("-e", "-f")):
-                value = arg[2:] if len(arg) > 2 and not arg.startswith("--") else next(it, "")
-                value = value.lstrip("=")
-                (factors if arg.startswith(("-f", "--factor")) else names).extend(
-                    v for v in value.split(",") if v
-                )
-        if not names and not factors:
-            names = self.env_list()
-        known = self.env_list()
-        chosen: list[str] = []
-        for name in names:
-            if "$" in name:
-                pattern = re.compile(re.sub(r"\\\$\w+|\\\$\\\{\w+\\\}", ".*", re.escape(name)))
-                matches = [k for k in known if pattern.fullmatch(k)]
-                if not matches:
-                    return [], f"no tox environment matches {name!r}"
-                chosen.append(next((m for m in matches if HOST_PY in m.split("-")), matches[0]))
-            else:
-                chosen.append(name)
-        for factor in factors:
-            chosen += [k for k in known if factor in k.split("-") and k not in chosen]
-        return self.one_python(chosen), None
-
-    def one_python(self, envs: list[str]) -> list[str]:
-        """One environment per family (``py39-tests`` … ``py314-tests``): the host's Python."""
-        groups: dict[str, list[str]] = {}
-        for env in envs:
-            key = "-".join(f for f in env.split("-") if not _PY_FACTOR_RE.fullmatch(f))
-            groups.setdefault(key, []).append(env)
-        out: list[str] = []
-        for members in groups.values():
-            host = [m for m in members if HOST_PY in m.split("-")]
-            plain = [
-                m for m in members if not any(_PY_FACTOR_RE.fullmatch(f) for f in m.split("-"))
-            ]
-            cpython = [m for m in members if not m.startswith("pypy")]
-            out.append((host or plain or cpython or members)[0])
-        return out
+_TOX_RUN = ("run", "r", "run-parallel", "p")
+"""tox's subcommands that run environments, as `tox` alone does."""
 
 
 # ---------------------------------------------------------------------------
@@ -292,26 +88,33 @@ def nox_steps(root: Path, names: list[str] | None, where: str) -> list[Step]:
 def expand(root: Path, step: Step, out: Distiller) -> list[Step]:
     """``tox``/``nox`` lines as the commands they run; other lines unchanged."""
     name, args = program(step.command)
-    if name == "tox" and (root / "tox.ini").is_file():
+    if name == "tox":
         try:
-            tox = Tox(root)
-        except configparser.Error as err:
-            out.drop(
-                step.where, f"tox.ini cannot be parsed ({err}); `{step.command}` dropped", "tox.ini"
-            )
+            args, start = _tox_start(step, args)
+            tox, base = find_tox(root, start)
+            if tox is None:
+                return [step]
+            if "--" in args:
+                args, tox.posargs = args[: args.index("--")], args[args.index("--") + 1 :]
+            chosen = [a for a in args if a not in _TOX_RUN]
+            toxenv = dict(step.env).get("TOXENV")
+            if toxenv and not any(a.startswith(("-e", "--env", "-m", "-f")) for a in chosen):
+                chosen += ["-e", toxenv]
+            envs, why = tox.select(chosen)
+        except ToxConfigError as err:
+            out.drop(f"{step.where}: `{step.command}`", str(err), None)
             return []
-        envs, why = tox.select([a for a in args if a not in ("run", "r")])
         if why:
             out.drop(f"{step.where}: `{step.command}`", why, step.file)
             return []
         out.kept.append(
             (
                 f"{step.where}: `{step.command}`",
-                f"expanded through tox.ini: {', '.join(envs)}",
-                "tox.ini",
+                f"expanded through {tox.file}: {', '.join(envs)}",
+                tox.file,
             )
         )
-        return [s for env in envs for s in tox.steps(env, step.where, "tox.ini")]
+        return [s for env in envs for s in tox_steps(tox, env, step.where, out, base)]
     if name == "nox" and (root / "noxfile.py").is_file():
         names: list[str] = []
         it = iter(args)
@@ -349,16 +152,15 @@ def add_all(root: Path, out: Distiller, steps: list[Step]) -> None:
 def distill_tasks(root: Path, out: Distiller) -> list[str]:
     """Read tox.ini, else noxfile.py, else Makefile; and package.json. Returns files read."""
     read: list[str] = []
-    if (root / "tox.ini").is_file() and _tox_has_envs(root):
-        read.append("tox.ini")
+    tox = _tox_with_envs(root, out)
+    if tox is not None:
+        read.append(tox.file)
         before = len(out.checks)
-        tox = Tox(root)
         # The environments a plain `tox` runs; the others (a benchmark, say) only when none is.
         checks = [e for e in tox.env_list() if _tox_env_is_check(tox, e)]
         declared = [e for e in checks if e in tox.declared_envs()]
-        envs = tox.one_python(declared or checks)
-        for env in envs:
-            add_all(root, out, tox.steps(env, "tox.ini", "tox.ini"))
+        for env in tox.one_python(declared or checks):
+            add_all(root, out, tox_steps(tox, env, tox.file, out))
         if len(out.checks) > before:
             _package_json(root, out, read)
             return read
@@ -421,16 +223,54 @@ def _make_target(text: str, target: str, out: Distiller) -> None:
             out.add(Step(line, "Makefile", where))
 
 
-def _tox_has_envs(root: Path) -> bool:
+def tox_steps(
+    tox: ToxConfig, env: str, where: str, out: Distiller, base: str | None = None
+) -> list[Step]:
+    """The steps of one tox environment; none (and a note) when it cannot be read."""
     try:
-        return bool(Tox(root).env_list())
-    except configparser.Error:
-        return False
+        found = tox.env(env)
+    except ToxConfigError as err:
+        out.drop(f"{where} (tox env {env})", str(err), tox.file)
+        return []
+    return env_steps(found, where, tox.file, base)
 
 
-def _tox_env_is_check(tox: Tox, env: str) -> bool:
-    commands = [tox._subst(c) for c in tox.get(env, "commands").splitlines()]
-    return any(classify(c).kind in ("lint", "types", "tests", "build") for c in commands)
+def _tox_start(step: Step, args: list[str]) -> tuple[list[str], str | None]:
+    """The arguments without ``-c CONFIG``, and where tox starts looking for its config: the
+    step's directory, or the ``-c`` file's (relative to it)."""
+    rest: list[str] = []
+    start = step.cwd
+    it = iter(args)
+    for arg in it:
+        if arg in ("-c", "--conf"):
+            value = next(it, "")
+        elif arg.startswith("--conf="):
+            value = arg.removeprefix("--conf=")
+        elif arg.startswith("-c"):
+            value = arg.removeprefix("-c")
+        else:
+            rest.append(arg)
+            continue
+        path = posixpath.normpath(posixpath.join(step.cwd or ".", value))
+        start = posixpath.dirname(path) if path.endswith((".ini", ".cfg", ".toml")) else path
+    return rest, start
+
+
+def _tox_with_envs(root: Path, out: Distiller) -> ToxConfig | None:
+    try:
+        tox = load_tox(root)
+        return tox if tox is not None and tox.env_list() else None
+    except ToxConfigError as err:
+        out.drop("tox", str(err), None)
+        return None
+
+
+def _tox_env_is_check(tox: ToxConfig, env: str) -> bool:
+    try:
+        commands = tox.env(env).commands
+    except ToxConfigError:
+        return True
+    return any(classify(c.shell()).kind in ("lint", "types", "tests", "build") for c in commands)
 
 
 def _package_json(root: Path, out: Distiller, read: list[str]) -> None:
@@ -483,4 +323,11 @@ def _verdict(kind: str, body: str) -> Verdict:
     return Verdict(kind, f"package.json script: {body}")  # type: ignore[arg-type]
 
 
-__all__ = ["Tox", "add_all", "distill_tasks", "expand", "nox_steps", "python_needs"]
+__all__ = [
+    "add_all",
+    "distill_tasks",
+    "expand",
+    "nox_steps",
+    "python_needs",
+    "tox_steps",
+]
