@@ -178,11 +178,16 @@ class Client:
     # -- sidecars ----------------------------------------------------------------------------
 
     def create_sidecar(
-        self, snapshot_id: str, settings: dict[str, Any] | None = None
+        self,
+        snapshot_id: str,
+        settings: dict[str, Any] | None = None,
+        project: str | None = None,
     ) -> dict[str, Any]:
         body: dict[str, Any] = {"snapshot_id": snapshot_id}
         if settings is not None:
             body["settings"] = settings
+        if project is not None:
+            body["project"] = project
         return self._request("POST", "/v1/sidecars", json=body)  # type: ignore[no-any-return]
 
     def list_sidecars(self, project: str | None = None) -> list[dict[str, Any]]:

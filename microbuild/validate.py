@@ -96,7 +96,7 @@ def _sidecar_for(
         if record["snapshot"] == snapshot_id and record["state"] in ("running", "suspended"):
             return record
     progress.step("creating a sidecar")
-    return client.create_sidecar(snapshot_id, settings)
+    return client.create_sidecar(snapshot_id, settings, project)
 
 
 def sync_tree(

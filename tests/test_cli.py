@@ -142,3 +142,28 @@ def test_process_runtime_warns_it_does_not_isolate(state_dir: Path, tiny_project
 def test_exec_needs_a_command(state_dir: Path, tmp_path: Path) -> None:
     out = mb(state_dir, tmp_path, "sidecar", "exec", "sc_x")
     assert out.returncode == 2
+
+
+@pytest.mark.isolation
+def test_two_projects_on_one_snapshot_each_own_their_sidecar(
+    state_dir: Path, tmp_path: Path
+) -> None:
+    """Same setup, same inputs: one snapshot serves both repositories, but each validate finds
+    and reuses its own project's sidecar (none leaks) and `sidecar list` shows it there."""
+    need_isolation()
+    config = '[sidecar]\nmemory = "256MiB"\n\n[[check]]\nname = "t"\ncommand = "test -f own.txt"\n'
+    roots = [
+        write_project(tmp_path / name, config, {"own.txt": name, "requirements.txt": "x==1\n"})
+        for name in ("alpha", "beta")
+    ]
+    for _ in range(2):
+        for root in roots:
+            done = mb(state_dir, root, "validate", "--json")
+            assert done.returncode == 0, done.stdout + done.stderr
+    everyone = json.loads(mb(state_dir, roots[0], "sidecar", "list", "--all", "--json").stdout)
+    assert len({s["snapshot"] for s in everyone}) == 1
+    assert sorted(s["project"] for s in everyone) == sorted(str(r) for r in roots)
+    for root in roots:
+        own = json.loads(mb(state_dir, root, "sidecar", "list", "--json").stdout)
+        assert [s["project"] for s in own] == [str(root)]
+    mb(state_dir, roots[0], "host", "stop")

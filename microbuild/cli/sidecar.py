@@ -33,7 +33,7 @@ def create(app: AppContext, runtime: str | None, verbose: bool, as_json: bool) -
     with progress.live():
         snap = ensure_snapshot(app, progress, runtime=runtime)
         record = app.client.create_sidecar(
-            snap["id"], project.config.sidecar.model_dump(mode="json")
+            snap["id"], project.config.sidecar.model_dump(mode="json"), str(project.root)
         )
     if record["runtime"] == "process":
         click.echo(f"warning: {PROCESS_WARNING}", err=True)

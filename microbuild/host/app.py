@@ -144,6 +144,8 @@ class CreateSidecar(BaseModel):
 
     snapshot_id: IdPath
     settings: SidecarConfig | None = None
+    project: str | None = Field(default=None, min_length=1, max_length=4096)
+    """The project the sidecar belongs to (the snapshot's when not given)."""
 
 
 class ExecRequest(BaseModel):
@@ -616,7 +618,9 @@ def create_app(
 
     @app.post("/v1/sidecars", response_model=Sidecar, status_code=201, tags=["sidecars"])
     async def create_sidecar(body: CreateSidecar) -> Sidecar:
-        record = await run(lambda: manager.create_sidecar_from(body.snapshot_id, body.settings))
+        record = await run(
+            lambda: manager.create_sidecar_from(body.snapshot_id, body.settings, body.project)
+        )
         return Sidecar.of(record)
 
     @app.get("/v1/sidecars", response_model=list[Sidecar], tags=["sidecars"])

@@ -202,9 +202,14 @@ class SidecarManager:
             )
 
     def create_sidecar_from(
-        self, snapshot_id: str, settings: SidecarConfig | None = None
+        self,
+        snapshot_id: str,
+        settings: SidecarConfig | None = None,
+        project: str | None = None,
     ) -> SidecarRecord:
-        """A new sidecar from a ready snapshot, with the project's sidecar settings."""
+        """A new sidecar from a ready snapshot, with the project's sidecar settings. It belongs
+        to `project`, the one that asked (a snapshot may serve several projects with the same
+        setup); the snapshot's own project when none is given."""
         snap = self.store.get_snapshot(snapshot_id)
         if snap.state != "ready":
             raise snapshot.SnapshotError(
@@ -220,7 +225,7 @@ class SidecarManager:
             self._admit(settings)
             record = SidecarRecord(
                 id=sidecar_id,
-                project=snap.project,
+                project=project or snap.project,
                 snapshot_id=snap.id,
                 runtime=rt.name,
                 state="creating",
@@ -252,7 +257,7 @@ class SidecarManager:
         """In-process convenience: the local project's snapshot (built if needed), then a
         sidecar from it."""
         snap = self.build_snapshot(project, runtime=runtime, progress=progress, output=output)
-        return self.create_sidecar_from(snap.id, project.config.sidecar)
+        return self.create_sidecar_from(snap.id, project.config.sidecar, str(project.root))
 
     def _handle(self, record: SidecarRecord) -> tuple[Runtime, SidecarHandle]:
         return self.runtime(record.runtime), SidecarHandle.from_json(record.handle)
