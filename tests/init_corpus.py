@@ -56,7 +56,8 @@ class Injection:
     """assertion: the test (`test_name` or `Class.test_name`, a plain unparametrized test);
     doctest: the module's import name (doctest ids are `module.function`)."""
     defect: str = ""
-    """Why today's microbuild gets this case wrong (the test's strict xfail reason)."""
+    """Why today's microbuild gets this case wrong (the test's strict xfail reason): set only
+    where the case fails today, so that a fix of the project's other defects leaves it be."""
 
     @property
     def check(self) -> str:
@@ -77,6 +78,8 @@ class InitProject:
     """Why today's init writes other checks than `checks` (strict xfail of that case)."""
     baseline_defect: str = ""
     """Why today's validate of the clean tree does not pass."""
+    memory: str = SIDECAR_MEMORY
+    """The sidecar's memory limit (the snapshot setup runs under it too)."""
     baseline_failures: tuple[str, ...] = ()
     """Tests of the project that genuinely fail in a sandbox (no network): the clean tree's
     report must name them, and they are documented here instead of passing."""
@@ -95,6 +98,16 @@ RUFF_FIX = "issue 12: ruff `fix = true` (the lint check must be check-only, or i
 MYPY_PRETTY = "issue 12: mypy `pretty = true` (wrapped, source-annotated output)"
 UNITTEST_IDS = "issue 12: unittest ids (`pkg.module.Class.test`)"
 DOCTEST = "issue 12: doctest Expected/Got"
+WORKFLOW_ENV = (
+    "issue 12: workflow-level `env:` (FORCE_COLOR: 1) is not carried into the checks, and"
+    " termcolor's colour tests fail under the sidecar's TERM=dumb"
+)
+PYTEST_COLOR = (
+    "issue 12: pytest `--color=yes` (addopts): the colour codes of the assertion diff, escaped"
+    " `#x1B[94m` in junit XML, are left in the report"
+)
+TEST_PY = "issue 12: tests in tests/test.py (pytest's default globs collect none of them)"
+IN_PACKAGE = "issue 12: in-package unittest tests (simplejson/tests) are not detected: no checks"
 TOX_SUBST = "issue 12: tox 4 substitution (`{posargs: ...}`, `{work_dir}`, `{/}` left in)"
 
 PROJECTS: dict[str, InitProject] = {
@@ -113,6 +126,7 @@ PROJECTS: dict[str, InitProject] = {
             Injection("lint", "src/termcolor/termcolor.py", defect=PRE_COMMIT),
         ),
         init_defect=PRE_COMMIT,
+        baseline_defect=WORKFLOW_ENV,
     ),
     "humanize": InitProject(
         spec=_p("humanize", "4.12.3"),
@@ -123,7 +137,9 @@ PROJECTS: dict[str, InitProject] = {
             "tests": r"\bpytest\b",
         },
         injections=(
-            Injection("assertion", "tests/test_number.py", "test_intword_powers"),
+            Injection(
+                "assertion", "tests/test_number.py", "test_intword_powers", defect=PYTEST_COLOR
+            ),
             Injection("lint", "src/humanize/number.py", defect=PRE_COMMIT),
             Injection("types", "src/humanize/number.py", defect=MYPY_PRETTY),
         ),
@@ -138,6 +154,9 @@ PROJECTS: dict[str, InitProject] = {
             Injection("lint", "src/filelock/_util.py"),
             Injection("types", "src/filelock/_util.py"),
         ),
+        # pip backtracks through a dozen virtualenv releases (the newest need a newer
+        # filelock than this one) and holds them in memory: 512 MiB kills it.
+        memory="1GiB",
     ),
     "tabulate": InitProject(
         spec=_p("tabulate", "0.9.0"),
@@ -145,34 +164,56 @@ PROJECTS: dict[str, InitProject] = {
         checks={"build": r"\bbuild\b", "tests": r"\bpytest\b.*--doctest-modules"},
         injections=(
             Injection("assertion", "test/test_api.py", "test_tabulate_formats"),
-            Injection("doctest", "tabulate/__init__.py", "tabulate", defect=DOCTEST),
+            Injection(
+                "doctest",
+                "tabulate/__init__.py",
+                "tabulate",
+                defect=f"{DOCTEST}: the report says only `DocTestFailure`",
+            ),
         ),
     ),
     "decorator": InitProject(
         spec=_p("decorator", "5.2.1"),
         families=("pyproject only", "unittest TestCase in tests/test.py"),
         checks={"tests": r"tests/test\.py|\bunittest\b"},
-        injections=(Injection("assertion", "tests/test.py", "DocumentationTestCase.test"),),
-        init_defect=(
-            "issue 12: tests in tests/test.py (pytest's default globs collect none of them)"
+        injections=(
+            Injection("assertion", "tests/test.py", "DocumentationTestCase.test", defect=TEST_PY),
         ),
+        init_defect=TEST_PY,
+        baseline_defect=f"{TEST_PY}: the tests check fails with pytest's exit 5",
     ),
     "simplejson": InitProject(
         spec=_p("simplejson", "3.20.1"),
         families=("setup.py only", "unittest in the package (simplejson/tests)"),
         checks={"tests": r"\bunittest\b|\bpytest\b"},
         injections=(
-            Injection("assertion", "simplejson/tests/test_decode.py", "TestDecode.test_decimal"),
+            Injection(
+                "assertion",
+                "simplejson/tests/test_decode.py",
+                "TestDecode.test_decimal",
+                defect=IN_PACKAGE,
+            ),
         ),
-        init_defect="issue 12: in-package tests (simplejson/tests) are not detected: no checks",
+        init_defect=IN_PACKAGE,
+        baseline_defect=f"{IN_PACKAGE} (validate exits 2: no [[check]] to run)",
     ),
     "more-itertools": InitProject(
         spec=_p("more-itertools", "10.5.0"),
         families=("GitHub Actions", "Makefile", "tox.ini", "unittest", "doctest (DocTestSuite)"),
         checks={"tests": r"\bunittest\b"},
         injections=(
-            Injection("assertion", "tests/test_more.py", "ChunkedTests.test_even"),
-            Injection("doctest", "more_itertools/more.py", "more_itertools.more"),
+            Injection(
+                "assertion",
+                "tests/test_more.py",
+                "ChunkedTests.test_even",
+                defect=f"{UNITTEST_IDS}: the report names the test `AssertionError`",
+            ),
+            Injection(
+                "doctest",
+                "more_itertools/more.py",
+                "more_itertools.more",
+                defect=f"{UNITTEST_IDS}; {DOCTEST}: no file:line, no Expected/Got",
+            ),
         ),
     ),
     "pyproject_api": InitProject(
@@ -245,14 +286,14 @@ class Prepared:
     error: str = ""
 
 
-def _harness_policy(text: str) -> str:
+def _harness_policy(text: str, memory_limit: str) -> str:
     """init's microbuild.toml with the corpus' sidecar memory and timeout cap (not checks)."""
 
     def cap(match: re.Match[str]) -> str:
         return f"timeout_s = {min(int(match[1]), CHECK_TIMEOUT_CAP_S)}"
 
     text = re.sub(r"^timeout_s = (\d+)$", cap, text, flags=re.M)
-    memory = f"memory = {json.dumps(SIDECAR_MEMORY)}"
+    memory = f"memory = {json.dumps(memory_limit)}"
     if re.search(r"^\[sidecar\]$", text, flags=re.M):
         text = re.sub(r"^\[sidecar\]$", f"[sidecar]\n{memory}", text, count=1, flags=re.M)
     else:
@@ -276,7 +317,7 @@ def prepare(project: InitProject, base: Path) -> Prepared:
         return prepared
     prepared.init = json.loads(proc.stdout)
     path = root / "microbuild.toml"
-    path.write_text(_harness_policy(path.read_text()))
+    path.write_text(_harness_policy(path.read_text(), project.memory))
     config = tomllib.loads(path.read_text())
     prepared.checks = {c["name"]: c["command"] for c in config.get("check", [])}
     realproject.git(root, "add", "microbuild.toml")
@@ -319,15 +360,14 @@ def _assertion(prepared: Prepared, inj: Injection, originals: dict[Path, bytes])
         message = f"{DOCTEST_GOT!r} != {DOCTEST_EXPECTED!r}"
     else:
         statement = "assert [1, 2, 3] == [1, 2, 4]"
-        message = "[1, 2, 3] == [1, 2, 4]"
+        message = "At index 2 diff: 3 != 4"  # pytest's explanation, as CI's log shows it
     corpus._insert(path, line, [indent + statement], originals)
     if _runner(prepared) == "unittest":
         test_id = f"{_module_of(inj.file)}.{inj.target}"
     else:
         test_id = f"{inj.file}::{inj.target.replace('.', '::')}"
-    return Expected(
-        "tests", "code", ids=(test_id,), locations=(f"{inj.file}:{line}",), words=(message,)
-    )
+    words = (message,) if "." in inj.target else (statement, message)
+    return Expected("tests", "code", ids=(test_id,), locations=(f"{inj.file}:{line}",), words=words)
 
 
 def _doctest(prepared: Prepared, inj: Injection, originals: dict[Path, bytes]) -> Expected:
