@@ -78,7 +78,14 @@ class InitProject:
     """Why today's init writes other checks than `checks` (strict xfail of that case)."""
     baseline_defect: str = ""
     """Why today's validate of the clean tree does not pass."""
+    pins: tuple[str, ...] = ()
+    """Tool versions of the project's time, put in place of the bare `ruff` / `mypy` that
+    init installs: the newest releases add rules and checks their code predates (a drift no
+    init can know of without a lock file), which would fail the clean tree before any bug."""
     memory: str = SIDECAR_MEMORY
+    gitignore: tuple[str, ...] = ()
+    """Files the sdist has and the project's repository ignores (generated at build time):
+    written to a committed .gitignore, which ruff respects, as in the project's own tree."""
     """The sidecar's memory limit (the snapshot setup runs under it too)."""
     baseline_failures: tuple[str, ...] = ()
     """Tests of the project that genuinely fail in a sandbox (no network): the clean tree's
@@ -108,6 +115,19 @@ PYTEST_COLOR = (
 )
 TEST_PY = "issue 12: tests in tests/test.py (pytest's default globs collect none of them)"
 IN_PACKAGE = "issue 12: in-package unittest tests (simplejson/tests) are not detected: no checks"
+LEGACY_TOX = (
+    "issue 12: tox's configuration in pyproject.toml ([tool.tox] legacy_tox_ini) is not read:"
+    " init type-checks src/exceptiongroup, which the project does not (66 mypy findings),"
+    " instead of `mypy tests/check_types.py`"
+)
+NOX = (
+    "issue 12: noxfile distillation (no tests check from `session.run(... virtue)`;"
+    " `mypy --config` lost its argument; the build check's `--outdir` lost its directory)"
+)
+SIDECAR_GITIGNORE = (
+    "issue 12: ruff in the sidecar (no .git) does not honour the project's .gitignore and"
+    " lints src/filelock/version.py, which hatch-vcs generates (D100, RUF022, Q000)"
+)
 TOX_SUBST = "issue 12: tox 4 substitution (`{posargs: ...}`, `{work_dir}`, `{/}` left in)"
 
 PROJECTS: dict[str, InitProject] = {
@@ -150,10 +170,16 @@ PROJECTS: dict[str, InitProject] = {
         families=("tox.toml", "dependency groups", "ruff", "mypy", "pytest"),
         checks={"lint": r"\bruff check\b", "types": r"\bmypy\b", "tests": r"\bpytest\b"},
         injections=(
-            Injection("assertion", "tests/test_error.py", "test_timeout_str"),
+            Injection(
+                "assertion", "tests/test_error.py", "test_timeout_str", defect=SIDECAR_GITIGNORE
+            ),
             Injection("lint", "src/filelock/_util.py"),
-            Injection("types", "src/filelock/_util.py"),
+            Injection("types", "src/filelock/_util.py", defect=SIDECAR_GITIGNORE),
         ),
+        baseline_defect=SIDECAR_GITIGNORE,
+        pins=("ruff==0.14.0", "mypy==1.18.2"),
+        # hatch-vcs writes it at build time; the project's .gitignore (not in the sdist) has it.
+        gitignore=("src/filelock/version.py",),
         # pip backtracks through a dozen virtualenv releases (the newest need a newer
         # filelock than this one) and holds them in memory: 512 MiB kills it.
         memory="1GiB",
@@ -220,19 +246,38 @@ PROJECTS: dict[str, InitProject] = {
         spec=_p("pyproject_api", "1.9.1"),
         families=("GitHub Actions", "tox.ini {posargs}/{work_dir}", "pytest"),
         checks={"tests": r"^(?!.*[{}]).*\bpytest\b"},
-        injections=(Injection("assertion", "tests/test_version.py", "test_version"),),
+        injections=(
+            Injection(
+                "assertion",
+                "tests/test_version.py",
+                "test_version",
+                defect=f"{TOX_SUBST}: pytest exits 4, `file or directory not found: {{posargs:`",
+            ),
+        ),
         init_defect=TOX_SUBST,
         baseline_defect=TOX_SUBST,
     ),
     "exceptiongroup": InitProject(
         spec=_p("exceptiongroup", "1.2.2"),
-        families=("pyproject", "ruff", "mypy", "pytest"),
-        checks={"lint": r"\bruff check\b", "types": r"\bmypy\b", "tests": r"\bpytest\b"},
+        families=("pyproject [tool.tox] legacy_tox_ini", "ruff", "mypy", "pytest"),
+        checks={
+            "lint": r"\bruff check\b",
+            "types": r"\bmypy tests/check_types\.py\b",
+            "tests": r"\bpytest\b",
+        },
         injections=(
-            Injection("assertion", "tests/test_catch.py", "test_catch_ungrouped"),
+            Injection(
+                "assertion",
+                "tests/test_catch.py",
+                "test_catch_ungrouped",
+                defect=f"{LEGACY_TOX}: the types check fails first and the tests are skipped",
+            ),
             Injection("lint", "src/exceptiongroup/_catch.py"),
-            Injection("types", "src/exceptiongroup/_catch.py"),
+            Injection("types", "tests/check_types.py", defect=LEGACY_TOX),
         ),
+        init_defect=LEGACY_TOX,
+        baseline_defect=LEGACY_TOX,
+        pins=("ruff==0.6.9", "mypy==1.11.2"),
     ),
     "six": InitProject(
         spec=_p("six", "1.17.0"),
@@ -253,13 +298,13 @@ PROJECTS: dict[str, InitProject] = {
                 "assertion",
                 "jsonschema/tests/test_validators.py",
                 "TestCreateAndExtend.test_attrs",
+                defect=f"{NOX}: no tests check",
             ),
             Injection("lint", "jsonschema/_utils.py"),
         ),
-        init_defect=(
-            "issue 12: noxfile distillation (no tests check from `session.run(... virtue)`;"
-            " `mypy --config` lost its argument)"
-        ),
+        pins=("ruff==0.5.0",),
+        init_defect=NOX,
+        baseline_defect=f"{NOX}: `? mypy argument --config-file: expected one argument`",
     ),
 }
 
@@ -286,14 +331,20 @@ class Prepared:
     error: str = ""
 
 
-def _harness_policy(text: str, memory_limit: str) -> str:
-    """init's microbuild.toml with the corpus' sidecar memory and timeout cap (not checks)."""
+def _harness_policy(text: str, project: InitProject) -> str:
+    """init's microbuild.toml with the corpus' sidecar memory, timeout cap and tool pins (not
+    checks)."""
+    for pin in project.pins:
+        tool = re.split(r"[=<>]", pin, maxsplit=1)[0]
+        text, count = re.subn(rf"(?<= ){re.escape(tool)}(?=[ \"])", pin, text)
+        if count != 1:
+            raise AssertionError(f"init's setup installs {tool} {count} times, not once:\n{text}")
 
     def cap(match: re.Match[str]) -> str:
         return f"timeout_s = {min(int(match[1]), CHECK_TIMEOUT_CAP_S)}"
 
     text = re.sub(r"^timeout_s = (\d+)$", cap, text, flags=re.M)
-    memory = f"memory = {json.dumps(memory_limit)}"
+    memory = f"memory = {json.dumps(project.memory)}"
     if re.search(r"^\[sidecar\]$", text, flags=re.M):
         text = re.sub(r"^\[sidecar\]$", f"[sidecar]\n{memory}", text, count=1, flags=re.M)
     else:
@@ -309,6 +360,10 @@ def prepare(project: InitProject, base: Path) -> Prepared:
     `error`): the tests judge that; it raises only for the harness (download, git)."""
     root = realproject.checkout_spec(project.spec, base / "src")
     realproject.check_index_reachable(project.spec)
+    if project.gitignore:
+        (root / ".gitignore").write_text("".join(f"/{p}\n" for p in project.gitignore))
+        realproject.git(root, "add", ".gitignore")
+        realproject.git(root, "commit", "-q", "--no-verify", "--no-gpg-sign", "-m", "ignore")
     state = base / "state"
     prepared = Prepared(project, root, state, {})
     proc = corpus.microbuild(state, root, "init", "--json", timeout=INIT_TIMEOUT_S)
@@ -317,7 +372,7 @@ def prepare(project: InitProject, base: Path) -> Prepared:
         return prepared
     prepared.init = json.loads(proc.stdout)
     path = root / "microbuild.toml"
-    path.write_text(_harness_policy(path.read_text(), project.memory))
+    path.write_text(_harness_policy(path.read_text(), project))
     config = tomllib.loads(path.read_text())
     prepared.checks = {c["name"]: c["command"] for c in config.get("check", [])}
     realproject.git(root, "add", "microbuild.toml")
