@@ -91,9 +91,14 @@ class InitProject:
     """Tests of the project that genuinely fail in a sandbox (no network): the clean tree's
     report must name them, and they are documented here instead of passing."""
 
+    init_args: tuple[str, ...] = ()
+    """Options of `microbuild init` (`--no-ci`: the project's files alone)."""
+    label: str = ""
+    """The corpus' name for it, where the same sdist is in twice (other `init_args`)."""
+
     @property
     def name(self) -> str:
-        return self.spec.name
+        return self.label or self.spec.name
 
 
 def _p(name: str, version: str) -> RealProject:
@@ -105,9 +110,13 @@ RUFF_FIX = "issue 12: ruff `fix = true` (the lint check must be check-only, or i
 MYPY_PRETTY = "issue 12: mypy `pretty = true` (wrapped, source-annotated output)"
 UNITTEST_IDS = "issue 12: unittest ids (`pkg.module.Class.test`)"
 DOCTEST = "issue 12: doctest Expected/Got"
+TERM_DUMB = (
+    "issue 12: the sidecar sets TERM=dumb, which CI runners do not: termcolor's colour tests"
+    " (33 of 66) fail"
+)
 WORKFLOW_ENV = (
     "issue 12: workflow-level `env:` (FORCE_COLOR: 1) is not carried into the checks, and"
-    " termcolor's colour tests fail under the sidecar's TERM=dumb"
+    " termcolor's colour tests (33 of 66) fail under the sidecar's TERM=dumb"
 )
 PYTEST_COLOR = (
     "issue 12: pytest `--color=yes` (addopts): the colour codes of the assertion diff, escaped"
@@ -143,10 +152,22 @@ PROJECTS: dict[str, InitProject] = {
         checks={"lint": r"\bruff check\b|\bpre-commit run\b", "tests": r"\bpytest\b"},
         injections=(
             Injection("assertion", "tests/test_termcolor.py", "test_sanity"),
-            Injection("lint", "src/termcolor/termcolor.py", defect=PRE_COMMIT),
+            Injection("lint", "src/termcolor/termcolor.py", defect=f"{PRE_COMMIT}; {RUFF_FIX}"),
         ),
         init_defect=PRE_COMMIT,
         baseline_defect=WORKFLOW_ENV,
+    ),
+    # The same sdist, init told to ignore its CI: ruff from [tool.ruff], which says `fix = true`.
+    "termcolor-no-ci": InitProject(
+        spec=_p("termcolor", "2.5.0"),
+        families=("pyproject only (init --no-ci)", "ruff fix=true", "pytest"),
+        checks={"lint": r"\bruff check\b", "tests": r"\bpytest\b"},
+        injections=(Injection("lint", "src/termcolor/termcolor.py", defect=RUFF_FIX),),
+        init_args=("--no-ci",),
+        label="termcolor-no-ci",
+        baseline_defect=TERM_DUMB,
+        # The ruff of its .pre-commit-config.yaml.
+        pins=("ruff==0.6.9",),
     ),
     "humanize": InitProject(
         spec=_p("humanize", "4.12.3"),
@@ -160,7 +181,7 @@ PROJECTS: dict[str, InitProject] = {
             Injection(
                 "assertion", "tests/test_number.py", "test_intword_powers", defect=PYTEST_COLOR
             ),
-            Injection("lint", "src/humanize/number.py", defect=PRE_COMMIT),
+            Injection("lint", "src/humanize/number.py", defect=f"{PRE_COMMIT}; {RUFF_FIX}"),
             Injection("types", "src/humanize/number.py", defect=MYPY_PRETTY),
         ),
         init_defect=PRE_COMMIT,
@@ -358,7 +379,7 @@ def prepare(project: InitProject, base: Path) -> Prepared:
 
     Never raises for what microbuild does (an init or validate that fails is recorded in
     `error`): the tests judge that; it raises only for the harness (download, git)."""
-    root = realproject.checkout_spec(project.spec, base / "src")
+    root = realproject.checkout_spec(project.spec, base / "src" / project.name)
     realproject.check_index_reachable(project.spec)
     if project.gitignore:
         (root / ".gitignore").write_text("".join(f"/{p}\n" for p in project.gitignore))
@@ -366,7 +387,8 @@ def prepare(project: InitProject, base: Path) -> Prepared:
         realproject.git(root, "commit", "-q", "--no-verify", "--no-gpg-sign", "-m", "ignore")
     state = base / "state"
     prepared = Prepared(project, root, state, {})
-    proc = corpus.microbuild(state, root, "init", "--json", timeout=INIT_TIMEOUT_S)
+    args = ("init", "--json", *project.init_args)
+    proc = corpus.microbuild(state, root, *args, timeout=INIT_TIMEOUT_S)
     if proc.returncode != 0:
         prepared.error = f"init exited {proc.returncode}: {proc.stderr.strip()[-2000:]}"
         return prepared
