@@ -1,9 +1,13 @@
-"""`microbuild init`, then `validate`, on twelve real projects (tests/init_corpus.py): init's
-checks are the ones a correct distillation of the project's CI / tox / nox / pyproject writes,
-the clean tree passes, and one bug per runner family the project has (a pytest or unittest
-assertion, a doctest Expected/Got mismatch, a ruff-fixable unused import, a mypy type error) is
-named in the report by its test id or rule, located at its file:line, quoted (the assertion or
-Expected/Got), classified `code` with exit 1.
+"""`microbuild init`, then `validate`, on twelve real projects (tests/init_corpus.py; termcolor
+twice, once with `init --no-ci`): init's checks are the ones a correct distillation of the
+project's CI / tox / nox / pyproject writes, the clean tree passes, and one bug per runner
+family the project has (a pytest or unittest assertion, a doctest Expected/Got mismatch, a
+ruff-fixable unused import, a mypy type error) is named in the report by its test id or rule,
+located at its file:line, quoted (the assertion or Expected/Got), classified `code` with exit 1.
+
+The classification `environment` (exit 3) is the report corpus' business (tests/corpus.py: a
+missing module, a timeout, the memory limit); every bug here is the code's, so a report that
+calls one `environment` fails its case.
 
 Cases today's microbuild gets wrong are strict xfails, each with the defect (`issue 12: ...`)
 as reason: a fix makes them pass, which fails the run until the mark is removed.
@@ -78,11 +82,10 @@ def test_clean_tree_passes(prepared: init_corpus.Prepared) -> None:
 
 
 def _case_params() -> list[object]:
-    params = []
-    for name, inj in init_corpus.cases():
-        case_id = f"{name}-{inj.kind}"
-        params.append(pytest.param(name, inj, id=case_id, marks=_xfail(inj.defect)))
-    return params
+    return [
+        pytest.param(name, inj, id=f"{name}-{inj.kind}", marks=_xfail(inj.defect))
+        for name, inj in init_corpus.cases()
+    ]
 
 
 def _case(prepared: init_corpus.Prepared, inj: init_corpus.Injection) -> init_corpus.Case:
