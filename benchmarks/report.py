@@ -1,6 +1,7 @@
 """Benchmark of the agent-facing report on real failures, run by hand:
 
     .venv/bin/python benchmarks/report.py [--all] [--project NAME ...] [--quiet] [--json]
+    .venv/bin/python benchmarks/report.py --init-corpus [--project NAME ...] [--json] [--reports]
 
 The corpus of tests/test_report_corpus.py (tests/corpus.py): six pinned PyPI sdists (attrs,
 pluggy, packaging, iniconfig, six, exceptiongroup), each committed to a git repository with a
@@ -12,6 +13,9 @@ injection's own plus every test pytest's summary lists in the raw log) and how m
 names, the file:line shown, and whether the verdict's kind (code / environment) and the exit
 code are right. Then the median and worst ratio (target >= 5x), the recall of failing ids
 (target 100 %) and the report's size in tokens at the default budget (2000).
+
+With `--init-corpus`, the corpus of tests/test_init_corpus.py instead (benchmarks/_init_corpus.py):
+twelve sdists configured by the real `microbuild init`, one bug per runner family each.
 
 Nothing here asserts: figures that miss a target are shown as not met. The sidecars are
 destroyed, the host stopped and the temp dir under /var/tmp removed at the end, also on Ctrl-C
@@ -220,6 +224,11 @@ def render(report: Report, console: Console) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if "--init-corpus" in argv:
+        import _init_corpus
+
+        return _init_corpus.main(argv)
     corpus = load_corpus()
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument(
