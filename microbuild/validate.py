@@ -88,6 +88,44 @@ def ensure_snapshot(
     raise SnapshotError("the host ended the build without a result; see its log")
 
 
+SYNC_ATTEMPTS = 3
+
+
+def _run_checks(
+    client: Client,
+    sidecar: dict[str, Any],
+    checks: list[dict[str, Any]],
+    tree: str,
+    chash: str,
+    project: Project,
+    fail_fast: bool,
+    progress: Progress,
+) -> dict[str, Any] | None:
+    run: dict[str, Any] | None = None
+    for event in client.microbuild(
+        sidecar["id"],
+        checks=checks,
+        tree=tree,
+        config_hash=chash,
+        project=str(project.root),
+        fail_fast=fail_fast,
+        report_tokens=project.config.report_tokens,
+    ):
+        kind = event.get("event")
+        if kind == "waiting":
+            progress.step(f"{event.get('message') or 'waiting'} (another microbuild here)")
+        elif kind == "check_started":
+            progress.step(f"{event['check']} …")
+        elif kind == "check_finished":
+            check = event["check"]
+            progress.step(f"{check['name']} {check['status']} in {check['duration_s']:.1f} s")
+        elif kind == "done":
+            run = event["run"]
+        elif kind == "error":
+            raise HostError(409, event.get("code", "run_failed"), event.get("message", ""))
+    return run
+
+
 def _sidecar_for(
     client: Client, project: str, snapshot_id: str, settings: dict[str, Any], progress: Progress
 ) -> dict[str, Any]:
@@ -232,27 +270,22 @@ def validate_project(
     if run is None:
         settings = project.config.sidecar.model_dump(mode="json")
         sidecar = _sidecar_for(client, str(project.root), snap["id"], settings, progress)
-        sidecar = sync_tree(client, project.root, sidecar, snap, tree, progress)
         checks = [c.model_dump(mode="json") for c in project.config.checks]
-        for event in client.microbuild(
-            sidecar["id"],
-            checks=checks,
-            tree=tree,
-            config_hash=chash,
-            project=str(project.root),
-            fail_fast=fail_fast,
-            report_tokens=budget,
-        ):
-            kind = event.get("event")
-            if kind == "check_started":
-                progress.step(f"{event['check']} …")
-            elif kind == "check_finished":
-                check = event["check"]
-                progress.step(f"{check['name']} {check['status']} in {check['duration_s']:.1f} s")
-            elif kind == "done":
-                run = event["run"]
-            elif kind == "error":
-                raise HostError(409, event.get("code", "run_failed"), event.get("message", ""))
+        for attempt in range(1, SYNC_ATTEMPTS + 1):
+            if sidecar.get("run"):
+                progress.step(f"waiting for run {sidecar['run']} (another microbuild here)")
+            sidecar = sync_tree(client, project.root, sidecar, snap, tree, progress)
+            try:
+                run = _run_checks(
+                    client, sidecar, checks, tree, chash, project, fail_fast, progress
+                )
+                break
+            except HostError as exc:
+                # Another validate synced its tree between this one's sync and its run.
+                if exc.code != "tree_mismatch" or attempt == SYNC_ATTEMPTS:
+                    raise
+                progress.step("another microbuild synced this sidecar first; syncing again")
+                sidecar = client.get_sidecar(sidecar["id"])
     if run is None:
         raise HostError(0, "no_result", "the host ended the microbuild without a result")
     return Validation(

@@ -956,3 +956,73 @@ def test_a_linter_told_to_fix_by_the_projects_config_only_reports(
     assert statuses(record) == [("lint", "failed")]
     assert [(f["id"], f["location"]) for f in record.checks[0].failures] == [("F401", "app.py:1")]
     assert (manager.workspace(sidecar) / "app.py").read_text() == "import os\n"
+
+
+@pytest.mark.isolation
+def test_a_sync_waits_for_the_running_microbuild_and_a_second_run_says_it_waits(
+    manager: SidecarManager, tiny_project: Path
+) -> None:
+    """Two validates on one sidecar: the second's sync waits until the first's run ends (the
+    first's checks see only its own tree), the second's run says what it waits for, and a run
+    whose tree another sync replaced is refused, never run on the wrong files."""
+    from microbuild import sync
+    from microbuild.build.runner import run_microbuild
+    from microbuild.host.manager import TreeMismatch
+
+    record = manager.create_sidecar(find_project(tiny_project), runtime="namespace")
+    first = record.tree
+    assert first
+    (tiny_project / "src" / "app.py").write_text("print('second')\n")
+    second = sync.tree_id(tiny_project)
+    patch = sync.tree_diff(tiny_project, first, second)
+    seen: dict[str, Any] = {}
+    events: list[dict[str, Any]] = []
+
+    def first_run(config_hash: str = HASH_A) -> None:
+        seen["run"] = run_microbuild(
+            manager,
+            record.id,
+            [check("slow", "sleep 1.5; cat src/app.py")],
+            tree=first,
+            config_hash=config_hash,
+            project="/proj",
+        )
+
+    def late_run() -> None:
+        seen["late"] = run_microbuild(
+            manager,
+            record.id,
+            [check("quick", "cat src/app.py")],
+            tree=first,
+            config_hash=HASH_B,
+            project="/proj",
+            emit=events.append,
+        )
+
+    runner = threading.Thread(target=first_run)
+    runner.start()
+    time.sleep(0.4)
+    assert manager.running_run(record.id) is not None
+    started = time.monotonic()
+    manager.sync(record.id, to_tree=second, payload=patch, from_tree=first)
+    waited = time.monotonic() - started
+    runner.join()
+    log = Path(seen["run"].checks[0].log_path or "").read_text()
+    assert seen["run"].status == "passed" and log == "print('app')\n"
+    assert waited > 0.5 and manager.get(record.id).tree == second
+    assert manager.running_run(record.id) is None
+    # A run for the tree a later sync replaced is refused (the client syncs again).
+    with pytest.raises(TreeMismatch, match="another sync came first"):
+        late_run()
+    # A run that finds the sidecar busy says what it waits for.
+    runner = threading.Thread(target=first_run, args=("c" * 64,))  # not a cache answer
+    manager.sync(record.id, to_tree=first, payload=sync.tree_diff(tiny_project, second, first))
+    runner.start()
+    time.sleep(0.4)
+    late = threading.Thread(target=late_run)
+    late.start()
+    late.join()
+    runner.join()
+    busy = seen["run"].id
+    assert events[0] == {"event": "waiting", "run": busy, "message": f"waiting for run {busy}"}
+    assert seen["late"].status == "passed"

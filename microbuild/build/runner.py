@@ -125,16 +125,6 @@ class Cancellation:
                 self._execution = None
 
 
-# One microbuild at a time per sidecar: two in the same workspace would see each other's files.
-_sidecar_locks: dict[tuple[int, str], threading.RLock] = {}
-_sidecar_locks_guard = threading.Lock()
-
-
-def _sidecar_lock(manager: SidecarManager, sidecar_id: str) -> threading.RLock:
-    with _sidecar_locks_guard:
-        return _sidecar_locks.setdefault((id(manager), sidecar_id), threading.RLock())
-
-
 def find_cached(
     store: Store, tree: str, config_hash: str, snapshot_id: str, *, complete: bool = False
 ) -> RunRecord | None:
@@ -486,7 +476,11 @@ def run_checks(
     started = time.monotonic()
     stop = False
     try:
-        with _sidecar_lock(manager, record.id), manager.using(record.id):
+        with (
+            manager.microbuild_lock(record.id),
+            manager.running(record.id, run.id),
+            manager.using(record.id),
+        ):
             sandbox = _Sandbox(manager, record.id)
             for check in checks:
                 if stop or cancel.cancelled:
@@ -606,9 +600,22 @@ def run_microbuild(
     """What the host does for a microbuild request: one at a time per sidecar; a cached result
     for (tree, config hash, the sidecar's snapshot) is answered at once (recorded as a run of
     its own, `cached_from` the original), otherwise the checks run."""
+    from microbuild.host.manager import TreeMismatch
+
     send = _safe_emit(emit)
     record = manager.get(sidecar_id)
-    with _sidecar_lock(manager, record.id):
+    lock = manager.microbuild_lock(record.id)
+    if not lock.acquire(blocking=False):
+        busy = manager.running_run(record.id)
+        send({"event": "waiting", "run": busy, "message": f"waiting for run {busy or '?'}"})
+        lock.acquire()
+    try:
+        held = manager.get(record.id).tree
+        if held != tree:
+            raise TreeMismatch(
+                f"sidecar {record.id} holds tree {held}, not {tree}: another sync came first; "
+                "sync it again"
+            )
         hit = find_cached(
             manager.store, tree, config_hash, record.snapshot_id, complete=not fail_fast
         )
@@ -630,6 +637,8 @@ def run_microbuild(
             cancel=cancel,
             report_tokens=report_tokens,
         )
+    finally:
+        lock.release()
 
 
 def cached_copy(

@@ -93,10 +93,16 @@ class Sidecar(BaseModel):
     changed: list[str] | None = None
     """Workspace paths commands wrote or deleted since the last sync (null: unknown, or too
     many); a tracked one means the sidecar no longer holds `tree`. Only on get and list."""
+    run: str | None = None
+    """The microbuild running in it now (a sync or another run waits for it). Get and list."""
 
     @classmethod
     def of(
-        cls, record: SidecarRecord, state: str | None = None, changed: list[str] | None = None
+        cls,
+        record: SidecarRecord,
+        state: str | None = None,
+        changed: list[str] | None = None,
+        run: str | None = None,
     ) -> Sidecar:
         handle = record.handle or {}
         return cls(
@@ -111,6 +117,7 @@ class Sidecar(BaseModel):
             created_at=record.created_at,
             last_used_at=record.last_used_at,
             changed=changed,
+            run=run,
         )
 
 
@@ -627,7 +634,7 @@ def create_app(
     async def list_sidecars(project: str | None = None) -> list[Sidecar]:
         def listing() -> list[Sidecar]:
             return [
-                Sidecar.of(r, changed=manager.changed_since_sync(r))
+                Sidecar.of(r, changed=manager.changed_since_sync(r), run=manager.running_run(r.id))
                 for r in manager.list_sidecars(project)
             ]
 
@@ -637,7 +644,11 @@ def create_app(
     async def get_sidecar(sidecar_id: IdPath) -> Sidecar:
         def one() -> Sidecar:
             record = manager.get(sidecar_id)
-            return Sidecar.of(record, changed=manager.changed_since_sync(record))
+            return Sidecar.of(
+                record,
+                changed=manager.changed_since_sync(record),
+                run=manager.running_run(record.id),
+            )
 
         return await run(one)
 
@@ -966,6 +977,9 @@ def _add_run_routes(app: FastAPI, manager: SidecarManager) -> None:
                     cancel=cancel,
                     report_tokens=body.report_tokens,
                 )
+            except TreeMismatch as exc:  # another sync came between this client's and its run
+                with contextlib.suppress(Exception):
+                    emit({"event": "error", "code": "tree_mismatch", "message": str(exc)})
             except Exception as exc:  # the stream must end with an event, whatever happened
                 with contextlib.suppress(Exception):
                     emit({"event": "error", "code": "run_failed", "message": str(exc)})

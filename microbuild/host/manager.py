@@ -91,6 +91,8 @@ class SidecarManager:
         self._runtimes: dict[str, Runtime] = {}
         self._lock = threading.RLock()
         self._busy: Counter[str] = Counter()
+        self._microbuild_locks: dict[str, threading.RLock] = {}
+        self._running: dict[str, str] = {}
 
     def close(self) -> None:
         for rt in self._runtimes.values():
@@ -327,6 +329,30 @@ class SidecarManager:
         rt, handle = self._handle(record)
         return record, rt, handle
 
+    def microbuild_lock(self, sidecar_id: str) -> threading.RLock:
+        """Held by a microbuild for its whole run and by a sync for its apply: two in one
+        workspace would see each other's files, and a sync under a running check would make its
+        result belong to no tree."""
+        with self._lock:
+            return self._microbuild_locks.setdefault(sidecar_id, threading.RLock())
+
+    @contextlib.contextmanager
+    def running(self, sidecar_id: str, run_id: str) -> Iterator[None]:
+        """Records `run_id` as the microbuild a sidecar is busy with (`running_run`)."""
+        with self._lock:
+            self._running[sidecar_id] = run_id
+        try:
+            yield
+        finally:
+            with self._lock:
+                if self._running.get(sidecar_id) == run_id:
+                    del self._running[sidecar_id]
+
+    def running_run(self, sidecar_id: str) -> str | None:
+        """The microbuild the sidecar is busy with, if any: what a sync or a run waits for."""
+        with self._lock:
+            return self._running.get(sidecar_id)
+
     @contextlib.contextmanager
     def using(self, sidecar_id: str, *, touch: bool = True) -> Iterator[None]:
         """Marks a sidecar busy (an exec, a file transfer, a shell) so idle suspension leaves
@@ -482,9 +508,23 @@ class SidecarManager:
         """Bring a sidecar's workspace to `to_tree`: apply a `git diff --binary` patch from the
         tree it holds (or, with `reset`, from its snapshot's source tree after a fresh layer),
         or unpack a whole archive of the tree after a reset. All of it runs inside the sidecar,
-        so no path in a patch can reach the host; nothing is half-applied."""
+        so no path in a patch can reach the host; nothing is half-applied. It waits for a
+        microbuild running in the sidecar to end."""
         if kind not in ("patch", "tar"):
             raise ApplyFailed(f"unknown sync payload {kind!r}; use patch or tar")
+        record = self.store.get_sidecar(ident)
+        with self.microbuild_lock(record.id):
+            return self._sync(record.id, to_tree, payload, kind, from_tree, reset)
+
+    def _sync(
+        self,
+        ident: str,
+        to_tree: str,
+        payload: bytes,
+        kind: str,
+        from_tree: str | None,
+        reset: bool,
+    ) -> SidecarRecord:
         record = self.store.get_sidecar(ident)
         if reset or kind == "tar":
             record = self.reset(record.id)
