@@ -637,3 +637,32 @@ def test_live_node_tools(tmp_path: Path) -> None:
     log = run(["npx", "tsc", "-p", "."], tmp_path)
     (failure,) = parse_output("tsc", log, None, workspace=str(tmp_path)).failures
     assert (failure.id, failure.location) == ("TS2322", "a.ts:1")
+
+
+@pytest.mark.parametrize(
+    ("parser", "command", "runs"),
+    [
+        ("ruff", "ruff check .", "ruff check --no-fix ."),
+        (
+            "ruff",
+            "ruff check --fix --unsafe-fixes src && echo ok",
+            "ruff check --no-fix src && echo ok",
+        ),
+        ("ruff", "ruff check --no-fix --force-exclude .", "ruff check --no-fix --force-exclude ."),
+        ("ruff", ".venv/bin/ruff check . -- --fix", ".venv/bin/ruff check --no-fix . -- --fix"),
+        ("ruff", "ruff format --check .", "ruff format --check ."),
+        ("mypy", "mypy src", "mypy --no-pretty --show-error-codes src"),
+        (
+            "mypy",
+            "python -m mypy --strict .",
+            "python -m mypy --no-pretty --show-error-codes --strict .",
+        ),
+        ("mypy", "dmypy run -- src", "dmypy run -- src"),
+    ],
+)
+def test_linters_run_check_only_and_type_checkers_unwrapped(
+    parser: str, command: str, runs: str
+) -> None:
+    """A linter told to fix (`fix = true`, `--fix`) would pass by rewriting the tree; mypy's
+    `pretty = true` cuts messages and hides codes: the flags on the line win over config."""
+    assert instrument(parser, command, "/a").command == runs

@@ -231,7 +231,9 @@ MAX_CHANGED_SHOWN = 5
 
 def _is_cache(path: str) -> bool:
     parts = path.split("/")
-    return bool(_CACHE_DIRS.intersection(parts)) or parts[-1].endswith((".pyc", ".pyo"))
+    if _CACHE_DIRS.intersection(parts) or any(p.endswith(".egg-info") for p in parts[:-1]):
+        return True
+    return parts[-1].endswith((".pyc", ".pyo"))
 
 
 @dataclass

@@ -150,7 +150,7 @@ def instrument(parser: str, command: str, artifact_dir: str) -> Instrumentation:
 # A linter's check never rewrites the tree: `fix = true` in the project's config, or `--fix` on
 # the line, would make a lint failure pass. ruff takes the last of --fix/--no-fix.
 _RUFF_CHECK = re.compile(r"(?:^|(?<=[\s;&|(/]))ruff\s+check(?P<args>(?:\s+(?!--\s)[^\s;&|()]+)*)")
-_FIX_FLAGS = re.compile(r"\s+--(?:fix|unsafe-fixes|fix-only)(?=\s|$)")
+_FIX_FLAGS = re.compile(r"\s+--(?:fix|no-fix|unsafe-fixes|fix-only)(?=\s|$)")
 # mypy's `pretty = true` wraps messages and hides error codes; flags on the line beat config.
 _MYPY = re.compile(r"(?:^|(?<=[\s;&|(/]))mypy(?=$|\s)|(?:^|(?<=\s))-m\s+mypy(?=$|\s)")
 
