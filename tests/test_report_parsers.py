@@ -658,6 +658,11 @@ def test_live_node_tools(tmp_path: Path) -> None:
             "python -m mypy --no-pretty --show-error-codes --strict .",
         ),
         ("mypy", "dmypy run -- src", "dmypy run -- src"),
+        (
+            "mypy",
+            "mypy --strict --pretty --show-error-codes .",
+            "mypy --no-pretty --show-error-codes --strict --show-error-codes .",
+        ),
     ],
 )
 def test_linters_run_check_only_and_type_checkers_unwrapped(

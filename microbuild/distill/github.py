@@ -307,7 +307,7 @@ def _action(
             (f"{label}: {short(uses)}", "uv installs are written as .venv pip installs", rel)
         )
         return
-    if base in ("pre-commit/action", "j178/prek-action"):
+    if base in ("pre-commit/action", "j178/prek-action", "tox-dev/action-pre-commit-uv"):
         given = (with_ or {}).get("extra_args", (with_ or {}).get("extra-args"))
         extra = _eval(str(given or "--all-files"), matrix, {}, rel, label, out)
         try:

@@ -126,7 +126,7 @@ def instrument(parser: str, command: str, artifact_dir: str) -> Instrumentation:
     if parser == "ruff":
         return Instrumentation(command=_RUFF_CHECK.sub(_no_fix, command))
     if parser == "mypy":
-        return Instrumentation(command=_MYPY.sub(r"\g<0> --no-pretty --show-error-codes", command))
+        return Instrumentation(command=_MYPY.sub(_unwrapped, command))
     if parser == "unittest":
         shimmed = _UNITTEST_MAIN.sub(r'\g<python> -c "$MICROBUILD_UNITTEST_SHIM"', command)
         if shimmed != command:
@@ -151,8 +151,17 @@ def instrument(parser: str, command: str, artifact_dir: str) -> Instrumentation:
 # the line, would make a lint failure pass. ruff takes the last of --fix/--no-fix.
 _RUFF_CHECK = re.compile(r"(?:^|(?<=[\s;&|(/]))ruff\s+check(?P<args>(?:\s+(?!--\s)[^\s;&|()]+)*)")
 _FIX_FLAGS = re.compile(r"\s+--(?:fix|no-fix|unsafe-fixes|fix-only)(?=\s|$)")
-# mypy's `pretty = true` wraps messages and hides error codes; flags on the line beat config.
-_MYPY = re.compile(r"(?:^|(?<=[\s;&|(/]))mypy(?=$|\s)|(?:^|(?<=\s))-m\s+mypy(?=$|\s)")
+# mypy's `pretty = true` wraps messages and hides error codes; flags on the line beat config,
+# and a `--pretty` of the line's own is dropped (the last flag would win).
+_MYPY = re.compile(
+    r"(?P<mypy>(?:^|(?<=[\s;&|(/]))mypy|(?:^|(?<=\s))-m\s+mypy)(?=$|\s)"
+    r"(?P<args>(?:\s+(?!--\s)[^\s;&|()]+)*)"
+)
+_PRETTY = re.compile(r"\s+--pretty(?=\s|$)")
+
+
+def _unwrapped(match: re.Match[str]) -> str:
+    return f"{match['mypy']} --no-pretty --show-error-codes{_PRETTY.sub('', match['args'])}"
 
 
 def _no_fix(match: re.Match[str]) -> str:
