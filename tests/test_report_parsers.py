@@ -671,3 +671,18 @@ def test_linters_run_check_only_and_type_checkers_unwrapped(
     """A linter told to fix (`fix = true`, `--fix`) would pass by rewriting the tree; mypy's
     `pretty = true` cuts messages and hides codes: the flags on the line win over config."""
     assert instrument(parser, command, "/a").command == runs
+
+
+def test_colour_codes_pytest_wrote_into_junit_xml_are_dropped() -> None:
+    """`--color=yes` in addopts: pytest writes the assertion diff's escape characters into the
+    XML as `#x1B` (humanize's suite does); the report shows the text without them."""
+    xml = (
+        b'<testsuites><testsuite><testcase classname="tests.test_n" name="test_x" file="tests/'
+        b'test_n.py" line="3"><failure message="assert #x1B[94m3#x1B[39;49;00m == 4">def test_x'
+        b"():\n&gt;       assert #x1B[94m3#x1B[39;49;00m == 4\nE       assert 3 == 4\n\n"
+        b"tests/test_n.py:5: AssertionError</failure></testcase></testsuite></testsuites>"
+    )
+    (failure,) = parse_output("pytest", "", xml).failures
+    assert "#x1B" not in failure.message + failure.excerpt
+    assert failure.location == "tests/test_n.py:5"
+    assert "assert 3 == 4" in failure.message + failure.excerpt

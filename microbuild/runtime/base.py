@@ -442,7 +442,8 @@ class Runtime(ABC):
         return self.workspace(handle)
 
     def sidecar_env(self, handle: SidecarHandle, extra: Mapping[str, str] | None) -> dict[str, str]:
-        """The environment of a command: clean, never the caller's own."""
+        """The environment of a command: clean, never the caller's own. No TERM, as on a CI
+        runner: `TERM=dumb` turns colour off in tools whose tests expect a CI's default."""
         workspace = str(self.workspace_in_sidecar(handle))
         path = f"{workspace}/.venv/bin:{workspace}/node_modules/.bin:{self.base_path()}"
         env = {
@@ -450,7 +451,6 @@ class Runtime(ABC):
             "HOME": self.home_in_sidecar(handle),
             "LANG": "C.UTF-8",
             "LC_ALL": "C.UTF-8",
-            "TERM": "dumb",
             "MICROBUILD_SIDECAR": handle.id,
             "PIP_DISABLE_PIP_VERSION_CHECK": "1",
         }

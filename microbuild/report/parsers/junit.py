@@ -6,6 +6,7 @@ laughs) nor external entities (file reads) can happen.
 
 from __future__ import annotations
 
+import re
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
 
@@ -74,6 +75,15 @@ def read(data: bytes) -> Report:
     return report
 
 
+# pytest writes a terminal's colour codes (`--color=yes`) into the XML with the escape character
+# spelled `#x1B` (it is not allowed in XML 1.0); other writers leave it raw.
+_COLOUR = re.compile(r"(?:#x1B|\x1b)\[[0-9;?]*[A-Za-z]")
+
+
+def _plain(text: str) -> str:
+    return _COLOUR.sub("", text) if ("#x1B" in text or "\x1b" in text) else text
+
+
 def _case(element: ET.Element) -> Case:
     case = Case(
         classname=element.get("classname", "") or "",
@@ -87,9 +97,9 @@ def _case(element: ET.Element) -> Case:
         tag = child.tag
         if tag in ("failure", "error") and case.outcome not in ("failure", "error"):
             case.outcome = tag
-            case.message = child.get("message", "") or ""
+            case.message = _plain(child.get("message", "") or "")
             case.type = child.get("type", "") or ""
-            case.text = (child.text or "")[:MAX_TEXT]
+            case.text = _plain((child.text or "")[:MAX_TEXT])
         elif tag == "skipped" and case.outcome == "passed":
             case.outcome = "skipped"
     if case.outcome in ("failure", "error") and not case.text.strip():
