@@ -33,7 +33,7 @@ from microbuild.errors import SetupFailed, SnapshotError
 from microbuild.runtime import Limits, Runtime, RuntimeError_, SidecarHandle, SidecarSpec
 from microbuild.store import SnapshotRecord, Store
 
-KEY_VERSION = 1
+KEY_VERSION = 2
 TAIL_LINES = 20
 MANIFEST = "manifest.json"
 SETUP_LOG = "setup.log"
@@ -217,6 +217,7 @@ def _build(
         say(f"unpacking {request.project} at {request.base_commit[:10]}")
         _unpack(source_tar, source / "workspace")
         _write_manifest(source / "workspace", sdir / MANIFEST)
+        _empty_repository(source / "workspace")
         spec = spec_for(request.sidecar, (str(source),), "host")
         handle = runtime.create(f"sb_{record.id[3:]}_{secrets.token_hex(3)}", spec)
         try:
@@ -268,6 +269,24 @@ def _logging(log: BinaryIO, output: Output | None) -> Output:
             output(data)
 
     return keep
+
+
+def _empty_repository(workspace: Path) -> None:
+    """An empty git repository at the workspace's root, written by hand (no git runs on the
+    host for it): tools that honour `.gitignore` only inside a repository (ruff, black, the
+    ignore crate's walkers) then skip the files the project ignores and its setup generated, as
+    in the checkout CI runs them in. A `.git` the source brought is not the user's: it goes."""
+    git = workspace / ".git"
+    if git.is_symlink() or git.is_file():
+        git.unlink()
+    elif git.exists():
+        shutil.rmtree(git)
+    for sub in ("objects/info", "objects/pack", "refs/heads", "refs/tags", "info"):
+        (git / sub).mkdir(parents=True)
+    (git / "HEAD").write_text("ref: refs/heads/main\n")
+    (git / "config").write_text(
+        "[core]\n\trepositoryformatversion = 0\n\tfilemode = true\n\tbare = false\n"
+    )
 
 
 def _write_manifest(workspace: Path, dest: Path) -> None:

@@ -183,6 +183,8 @@ PROJECTS: dict[str, InitProject] = {
             Injection("lint", "src/humanize/number.py", in_check="pre-commit.ruff"),
             Injection("types", "src/humanize/number.py"),
         ),
+        # hatch-vcs writes it at build time; the project's .gitignore has it.
+        gitignore=("src/humanize/_version.py",),
     ),
     "filelock": InitProject(
         spec=_p("filelock", "3.20.0"),
@@ -209,6 +211,8 @@ PROJECTS: dict[str, InitProject] = {
         spec=_p("tabulate", "0.9.0"),
         families=("CircleCI", "tox.ini", "pytest", "doctest (--doctest-modules)"),
         checks={"build": r"\bbuild\b", "tests": r"\bpytest\b.*--doctest-modules"},
+        # setuptools-scm writes it at build time; the project's .gitignore has it.
+        gitignore=("tabulate/version.py",),
         injections=(
             Injection("assertion", "test/test_api.py", "test_tabulate_formats"),
             Injection(
@@ -368,6 +372,7 @@ def prepare(project: InitProject, base: Path) -> Prepared:
     realproject.check_index_reachable(project.spec)
     if project.gitignore:
         (root / ".gitignore").write_text("".join(f"/{p}\n" for p in project.gitignore))
+        realproject.git(root, "rm", "-q", "--cached", "--ignore-unmatch", "--", *project.gitignore)
         realproject.git(root, "add", ".gitignore")
         realproject.git(root, "commit", "-q", "--no-verify", "--no-gpg-sign", "-m", "ignore")
     state = base / "state"
@@ -430,7 +435,9 @@ def _assertion(prepared: Prepared, inj: Injection, originals: dict[Path, bytes])
     else:
         test_id = f"{inj.file}::{inj.target.replace('.', '::')}"
     words = (message,) if "." in inj.target else (statement, message)
-    return Expected("tests", "code", ids=(test_id,), locations=(f"{inj.file}:{line}",), words=words)
+    return Expected(
+        inj.check, "code", ids=(test_id,), locations=(f"{inj.file}:{line}",), words=words
+    )
 
 
 def _doctest(prepared: Prepared, inj: Injection, originals: dict[Path, bytes]) -> Expected:
@@ -451,7 +458,7 @@ def _doctest(prepared: Prepared, inj: Injection, originals: dict[Path, bytes]) -
     name = f"{inj.target}._corpus_doctest"
     test_id = name if _runner(prepared) == "unittest" else f"{inj.file}::{name}"
     return Expected(
-        "tests",
+        inj.check,
         "code",
         ids=(test_id,),
         locations=(f"{inj.file}:{example}",),
@@ -463,7 +470,7 @@ def _lint(prepared: Prepared, inj: Injection, originals: dict[Path, bytes]) -> E
     path = prepared.root / inj.file
     where = corpus._after_imports(path.read_text())
     line = corpus._insert(path, where, [f"import {UNUSED_MODULE}"], originals)
-    return Expected("lint", "code", ids=("F401",), locations=(f"{inj.file}:{line}",))
+    return Expected(inj.check, "code", ids=("F401",), locations=(f"{inj.file}:{line}",))
 
 
 def _types(prepared: Prepared, inj: Injection, originals: dict[Path, bytes]) -> Expected:
@@ -471,7 +478,7 @@ def _types(prepared: Prepared, inj: Injection, originals: dict[Path, bytes]) -> 
     lines = ["def _corpus_type_error() -> int:", f"    return {json.dumps(corpus.MARK)}"]
     first = corpus._append(path, lines, originals)
     return Expected(
-        "types",
+        inj.check,
         "code",
         ids=("return-value",),
         locations=(f"{inj.file}:{first + 1}",),

@@ -1026,3 +1026,37 @@ def test_a_sync_waits_for_the_running_microbuild_and_a_second_run_says_it_waits(
     busy = seen["run"].id
     assert events[0] == {"event": "waiting", "run": busy, "message": f"waiting for run {busy}"}
     assert seen["late"].status == "passed"
+
+
+@pytest.mark.isolation
+def test_files_the_project_ignores_are_ignored_by_tools_in_the_sidecar(
+    manager: SidecarManager, tmp_path: Path
+) -> None:
+    """The workspace is an (empty) git repository, as CI's checkout is: ruff skips a file the
+    setup generated and .gitignore names (hatch-vcs' version.py), and git answers there."""
+    from conftest import write_project
+
+    ruff = shutil.which("ruff") or str(Path(sys.executable).parent / "ruff")
+    if not os.path.exists(ruff):
+        pytest.skip("ruff is not installed")
+    root = write_project(
+        tmp_path / "ign",
+        "[snapshot]\nsetup = [\"printf 'import os\\\\n' > generated.py\"]\n\n"
+        '[sidecar]\nmemory = "512MiB"\n',
+        {".gitignore": "generated.py\n", "app.py": "print('app')\n"},
+    )
+    (root / "bin").mkdir()
+    shutil.copy(ruff, root / "bin" / "ruff")
+    subprocess.run(["git", "-C", str(root), "add", "-A"], check=True)
+    subprocess.run(["git", "-C", str(root), "commit", "-qm", "ruff"], check=True)
+    sidecar = manager.create_sidecar(find_project(root), runtime="namespace").id
+    record = run(
+        manager,
+        sidecar,
+        [
+            check("generated", "test -f generated.py"),
+            check("lint", "bin/ruff check --no-cache ."),
+            check("git", "git rev-parse --is-inside-work-tree"),
+        ],
+    )
+    assert statuses(record) == [("generated", "passed"), ("lint", "passed"), ("git", "passed")]
