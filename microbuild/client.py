@@ -52,10 +52,14 @@ class Client:
         token: str | None = None,
         uds: str | None = None,
         verify: bool | str = True,
+        grant_host_access: bool = False,
     ) -> None:
         self.base_url = base_url
         self.uds = uds
         headers = {"Authorization": f"Bearer {token}"} if token else {}
+        if grant_host_access:
+            # Honoured by a host on its Unix socket only (the user's own); a TCP host ignores it.
+            headers["X-Microbuild-Host-Access"] = "granted"
         self.token = token
         self._http: Transport = (
             UnixTransport(uds, headers) if uds else HttpxTransport(base_url, headers, verify)
@@ -356,20 +360,24 @@ def _token_from_env() -> str | None:
     return None
 
 
-def connect(host: str | None = None, state_dir: Path | None = None) -> Client:
+def connect(
+    host: str | None = None, state_dir: Path | None = None, *, grant_host_access: bool = False
+) -> Client:
     """The client for --host / MICROBUILD_HOST, or for the local host (started if needed)."""
     target = host or os.environ.get("MICROBUILD_HOST")
+    grant = grant_host_access
     if target:
         token = _token_from_env()
         verify: bool | str = os.environ.get("MICROBUILD_CA") or True
         if target.startswith("unix:"):
-            return Client("http://microbuild", token=token, uds=target[5:])
+            return Client("http://microbuild", token=token, uds=target[5:], grant_host_access=grant)
         if not target.startswith(("http://", "https://")):
             raise HostError(
                 0, "bad_host", f"--host {target!r}: use https://HOST:PORT, http://... or unix:PATH"
             )
         return Client(target.rstrip("/"), token=token, verify=verify)
-    return Client("http://microbuild", uds=str(ensure_local_host(state_dir)))
+    sock = str(ensure_local_host(state_dir))
+    return Client("http://microbuild", uds=sock, grant_host_access=grant)
 
 
 def ensure_local_host(state_dir: Path | None = None) -> Path:

@@ -52,6 +52,7 @@ from schemathesis.checks import (
 from microbuild.config import Project, find_project
 from microbuild.host.app import create_app
 from microbuild.host.manager import Admission, SidecarManager
+from microbuild.host.policy import HostPolicy
 from microbuild.store import NotFound
 
 pytestmark = pytest.mark.isolation
@@ -150,7 +151,11 @@ def host(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Host]:
     manager = SidecarManager(
         state, default_runtime="namespace", admission=Admission(min_available_memory=0)
     )
-    app = create_app(manager, token=TOKEN, idle_check_s=3600)
+    # Every host path allowed (but what is never exposed): fuzzed creates reach the runtime.
+    policy = HostPolicy.for_host(
+        state, allow_expose=[Path("/")], allow_rootfs=[Path("/")], allow_host_network=True
+    )
+    app = create_app(manager, token=TOKEN, idle_check_s=3600, policy=policy)
     found = Host(manager=manager, project=project, app=app)
     try:
         found.ensure_sidecar()

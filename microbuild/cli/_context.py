@@ -11,10 +11,17 @@ if TYPE_CHECKING:
 
 
 class AppContext:
-    def __init__(self, state_dir: Path | None, project_dir: Path | None, host: str | None) -> None:
+    def __init__(
+        self,
+        state_dir: Path | None,
+        project_dir: Path | None,
+        host: str | None,
+        allow_host_access: bool = False,
+    ) -> None:
         self.state_dir = state_dir
         self.project_dir = project_dir
         self.host = host
+        self.allow_host_access = allow_host_access
         self._client: Client | None = None
 
     @property
@@ -23,7 +30,9 @@ class AppContext:
         if self._client is None:
             from microbuild.client import connect
 
-            self._client = connect(self.host, self.state_dir)
+            self._client = connect(
+                self.host, self.state_dir, grant_host_access=self.allow_host_access
+            )
         return self._client
 
     def project(self) -> Project:

@@ -104,9 +104,19 @@ def _fail(message: str, code: int) -> None:
     help="A remote host (https://HOST:PORT or unix:PATH; token from MICROBUILD_TOKEN or "
     "MICROBUILD_TOKEN_FILE). Default: the local host, started on first use.",
 )
+@click.option(
+    "--allow-host-access",
+    is_flag=True,
+    help="Let this command's sidecars have what the project's config asks of the host "
+    '(expose, rootfs, network = "host"); local host only.',
+)
 @click.pass_context
 def cli(
-    ctx: click.Context, state_dir: Path | None, project_dir: Path | None, host: str | None
+    ctx: click.Context,
+    state_dir: Path | None,
+    project_dir: Path | None,
+    host: str | None,
+    allow_host_access: bool,
 ) -> None:
     """Fast, isolated validation for AI coding agents."""
     from microbuild.cli._context import AppContext
@@ -114,7 +124,12 @@ def cli(
     if state_dir is not None:
         state_dir = state_dir.absolute()
         os.environ["MICROBUILD_STATE_DIR"] = str(state_dir)
-    ctx.obj = AppContext(state_dir=state_dir, project_dir=project_dir, host=host)
+    ctx.obj = AppContext(
+        state_dir=state_dir,
+        project_dir=project_dir,
+        host=host,
+        allow_host_access=allow_host_access,
+    )
     ctx.call_on_close(ctx.obj.close)
 
 

@@ -45,6 +45,20 @@ def _size(value: str) -> int:
     default=None,
     help="Exit after this many seconds without requests (sidecars keep running).",
 )
+@click.option(
+    "--allow-expose",
+    multiple=True,
+    type=click.Path(file_okay=False, path_type=Path),
+    help="A host directory sidecars may have exposed read-only (repeatable; never the state "
+    "dir, the token or home directories).",
+)
+@click.option(
+    "--allow-rootfs",
+    multiple=True,
+    type=click.Path(file_okay=False, path_type=Path),
+    help="A root filesystem directory sidecars may use (repeatable).",
+)
+@click.option("--allow-host-network", is_flag=True, help="Sidecars and checks may ask for it.")
 @click.pass_context
 def serve(
     ctx: click.Context,
@@ -56,6 +70,9 @@ def serve(
     min_free_memory: str,
     idle_check: float,
     exit_when_idle: float | None,
+    allow_expose: tuple[Path, ...],
+    allow_rootfs: tuple[Path, ...],
+    allow_host_network: bool,
 ) -> None:
     """Run a host: sidecars behind an HTTP API on a Unix socket or TCP (token, optional TLS)."""
     from microbuild.host.manager import Admission
@@ -76,6 +93,23 @@ def serve(
         if created:
             click.echo(f"microbuild: new host token (stored in {path}, mode 0600):", err=True)
             click.echo(token)
+        if tls_cert is None:
+            click.echo(
+                "warning: serving TCP without TLS: the token and every synced file cross the "
+                "network in clear; give --tls-cert/--tls-key (or put a TLS proxy in front)",
+                err=True,
+            )
+    from microbuild.host.policy import HostPolicy, PolicyRefused
+
+    for path in (*allow_expose, *allow_rootfs):
+        if not path.is_absolute():
+            raise click.BadParameter(f"{path}: give an absolute path", param_hint="--allow-expose")
+    policy = HostPolicy.for_host(
+        state_dir,
+        allow_expose=allow_expose,
+        allow_rootfs=allow_rootfs,
+        allow_host_network=allow_host_network,
+    )
     admission = Admission(max_sidecars=max_sidecars, min_available_memory=_size(min_free_memory))
     try:
         serve(
@@ -87,6 +121,9 @@ def serve(
             admission=admission,
             idle_check_s=idle_check,
             exit_when_idle_s=exit_when_idle,
+            policy=policy,
         )
     except ListenError as exc:
+        raise click.UsageError(str(exc)) from exc
+    except PolicyRefused as exc:
         raise click.UsageError(str(exc)) from exc

@@ -46,6 +46,7 @@ from microbuild.host.manager import (
     SidecarManager,
     TreeMismatch,
 )
+from microbuild.host.policy import GRANT_HEADER, HostPolicy, PolicyRefused
 from microbuild.runtime import (
     ExecResult,
     Execution,
@@ -426,6 +427,8 @@ class Activity:
 def create_app(
     manager: SidecarManager,
     *,
+    policy: HostPolicy | None = None,
+    grants: bool = False,
     token: str | None = None,
     on_stop: Callable[[], None] | None = None,
     idle_check_s: float = 5.0,
@@ -433,6 +436,12 @@ def create_app(
 ) -> FastAPI:
     started_at = time.time()
     activity = Activity()
+    if policy is None:
+        policy = HostPolicy.for_host(manager.state_dir)
+
+    def granted(request: Request) -> bool:
+        """`--allow-host-access` counts only on the Unix socket (the user's own, by SO_PEERCRED)."""
+        return grants and request.headers.get(GRANT_HEADER) == "granted"
 
     @contextlib.asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
@@ -492,6 +501,7 @@ def create_app(
         (NotFound, 404, "not_found"),
         (ConfigError, 422, "invalid_config"),
         (files.PathRefused, 403, "path_refused"),
+        (PolicyRefused, 403, "host_access_refused"),
         (TreeMismatch, 409, "tree_mismatch"),
         (ApplyFailed, 409, "apply_failed"),
         (SidecarDead, 409, "sidecar_dead"),
@@ -543,9 +553,11 @@ def create_app(
     @app.post("/v1/snapshots", response_model=SnapshotResolution, tags=["snapshots"])
     async def resolve_snapshot(
         request: SnapshotRequest,
+        http: Request,
         rebuild: bool = False,
         runtime: Literal["auto", "namespace", "process"] | None = None,
     ) -> SnapshotResolution:
+        policy.check_sidecar(request.sidecar, granted=granted(http))
         record, needed = await run(
             lambda: manager.resolve_snapshot(request, runtime=runtime, rebuild=rebuild)
         )
@@ -624,7 +636,12 @@ def create_app(
     # -- sidecars ------------------------------------------------------------------------------
 
     @app.post("/v1/sidecars", response_model=Sidecar, status_code=201, tags=["sidecars"])
-    async def create_sidecar(body: CreateSidecar) -> Sidecar:
+    async def create_sidecar(body: CreateSidecar, http: Request) -> Sidecar:
+        settings = body.settings
+        if settings is None:
+            snap = await run(manager.store.get_snapshot, body.snapshot_id)
+            settings = SnapshotRequest.model_validate(snap.request).sidecar
+        policy.check_sidecar(settings, granted=granted(http))
         record = await run(
             lambda: manager.create_sidecar_from(body.snapshot_id, body.settings, body.project)
         )
@@ -772,7 +789,7 @@ def create_app(
     from microbuild.host.sync_api import router as sync_router
 
     app.include_router(sync_router(manager))
-    _add_run_routes(app, manager)
+    _add_run_routes(app, manager, policy, granted)
     app.state.manager = manager
     return app
 
@@ -926,7 +943,12 @@ async def _pump_shell(websocket: WebSocket, execution: Execution) -> None:
             await anyio.to_thread.run_sync(execution.result)
 
 
-def _add_run_routes(app: FastAPI, manager: SidecarManager) -> None:
+def _add_run_routes(
+    app: FastAPI,
+    manager: SidecarManager,
+    policy: HostPolicy,
+    granted: Callable[[Request], bool],
+) -> None:
     """Microbuilds: run checks in a sidecar (streamed), look up cached results, list runs, and
     serve their logs."""
     from microbuild.build.runner import Cancellation, read_log, run_json, run_microbuild
@@ -947,7 +969,10 @@ def _add_run_routes(app: FastAPI, manager: SidecarManager) -> None:
             409: {"model": ErrorResponse, "description": "tree_mismatch: sync first"},
         },
     )
-    async def microbuild(sidecar_id: IdPath, body: MicrobuildRequest) -> StreamingResponse:
+    async def microbuild(
+        sidecar_id: IdPath, body: MicrobuildRequest, http: Request
+    ) -> StreamingResponse:
+        policy.check_checks(body.checks, granted=granted(http))
         record = await run(manager.get, sidecar_id)
         if record.state not in ("running", "suspended"):
             raise SidecarDead(

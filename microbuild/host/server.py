@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from microbuild.host.manager import Admission, SidecarManager
+from microbuild.host.policy import HostPolicy, user_policy
 
 
 class ListenError(ValueError):
@@ -125,14 +126,18 @@ def serve(
     idle_check_s: float = 5.0,
     exit_when_idle_s: float | None = None,
     announce: bool = True,
+    policy: HostPolicy | None = None,
 ) -> None:
-    """Serve until SIGTERM/SIGINT or POST /v1/host/stop."""
+    """Serve until SIGTERM/SIGINT or POST /v1/host/stop. What sidecars may reach of the host
+    is `policy` (serve's flags) and the user's own configuration, never a repository's."""
     import uvicorn
 
     from microbuild.host.app import create_app
 
     if listen.kind == "tcp" and token is None:
         raise ListenError("a TCP listener needs a token")
+    base = HostPolicy.for_host(state_dir, token_file=token_path(state_dir))
+    policy = base.merged(user_policy()).merged(policy or HostPolicy())
     manager = SidecarManager(state_dir, admission=admission, zygote=True)
     report = manager.reconcile()
     sock = _bind(listen)
@@ -148,6 +153,8 @@ def serve(
         idle_check_s = min(idle_check_s, max(0.1, exit_when_idle_s / 4))
     app = create_app(
         manager,
+        policy=policy,
+        grants=listen.kind == "unix",
         token=token,
         on_stop=stop,
         idle_check_s=idle_check_s,
