@@ -106,18 +106,6 @@ def _p(name: str, version: str) -> RealProject:
     return RealProject(name=name, version=version)
 
 
-TERM_DUMB = (
-    "issue 12: the sidecar sets TERM=dumb, which CI runners do not: termcolor's colour tests"
-    " (33 of 66) fail"
-)
-WORKFLOW_ENV = (
-    "issue 12: workflow-level `env:` (FORCE_COLOR: 1) is not carried into the checks, and"
-    " termcolor's colour tests (33 of 66) fail under the sidecar's TERM=dumb"
-)
-PYTEST_COLOR = (
-    "issue 12: pytest `--color=yes` (addopts): the colour codes of the assertion diff, escaped"
-    " `#x1B[94m` in junit XML, are left in the report"
-)
 TEST_PY = "issue 12: tests in tests/test.py (pytest's default globs collect none of them)"
 IN_PACKAGE = "issue 12: in-package unittest tests (simplejson/tests) are not detected: no checks"
 NOX = (
@@ -155,10 +143,9 @@ PROJECTS: dict[str, InitProject] = {
             "tests": r"\bpytest\b",
         },
         injections=(
-            Injection("assertion", "tests/test_termcolor.py", "test_sanity", defect=WORKFLOW_ENV),
+            Injection("assertion", "tests/test_termcolor.py", "test_sanity"),
             Injection("lint", "src/termcolor/termcolor.py", in_check="pre-commit.ruff"),
         ),
-        baseline_defect=WORKFLOW_ENV,
     ),
     # The same sdist, init told to ignore its CI: ruff from [tool.ruff], which says `fix = true`.
     "termcolor-no-ci": InitProject(
@@ -168,7 +155,6 @@ PROJECTS: dict[str, InitProject] = {
         injections=(Injection("lint", "src/termcolor/termcolor.py"),),
         init_args=("--no-ci",),
         label="termcolor-no-ci",
-        baseline_defect=TERM_DUMB,
         # The ruff of its .pre-commit-config.yaml.
         pins=("ruff==0.6.9",),
     ),
@@ -177,9 +163,7 @@ PROJECTS: dict[str, InitProject] = {
         families=("GitHub Actions", "tox.ini", "pre-commit", "mypy pretty", "pytest"),
         checks={**PRE_COMMIT_CHECKS, "types": r"\bmypy \.$", "tests": r"\bpytest\b"},
         injections=(
-            Injection(
-                "assertion", "tests/test_number.py", "test_intword_powers", defect=PYTEST_COLOR
-            ),
+            Injection("assertion", "tests/test_number.py", "test_intword_powers"),
             Injection("lint", "src/humanize/number.py", in_check="pre-commit.ruff"),
             Injection("types", "src/humanize/number.py"),
         ),
