@@ -356,6 +356,17 @@ class Store:
             self._db.executescript(SCHEMA)
             self._db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
         except sqlite3.DatabaseError as exc:
+            if "not a database" in str(exc) or "malformed" in str(exc):
+                raise StoreError(
+                    f"{path} is not a database (damaged): move it aside with "
+                    f"`mv {path} {path}.damaged` and run again (the host then starts afresh "
+                    "and cleans up sidecars it has no record of)"
+                ) from exc
+            if "disk is full" in str(exc) or "database or disk is full" in str(exc):
+                raise StoreError(
+                    f"state disk full: {path} cannot be written; free space on "
+                    f"{path.parent} (`microbuild snapshot prune`, or delete old runs' logs)"
+                ) from exc
             raise StoreError(f"cannot open state database {path}: {exc}") from exc
 
     def _migrate(self, statement: str) -> None:

@@ -4,6 +4,7 @@ store with reality first, and record where we listen for `microbuild host status
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import os
 import secrets
@@ -44,6 +45,30 @@ class Listen:
             return f"unix:{self.path}"
         host = f"[{self.host}]" if self.host and ":" in self.host else self.host
         return f"{'https' if tls else 'http'}://{host}:{self.port}"
+
+
+HOST_LOCK = "host.lock"
+
+
+def hold_state_dir(state_dir: Path) -> int:
+    """An exclusive lock on the state dir for this host's lifetime (serve closes it when it
+    ends; a killed host's goes with its process): a second host on the same state dir would
+    adopt and reset the first's sidecars and overwrite its host.json. ListenError names the
+    one holding it."""
+    path = state_dir / HOST_LOCK
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
+        os.close(fd)
+        raise ListenError(
+            f"another host (pid {holder}) is serving {state_dir}: stop it with `microbuild "
+            "host stop`, or give this one another --state-dir"
+        ) from None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    return fd
 
 
 def token_path(state_dir: Path) -> Path:
@@ -136,6 +161,7 @@ def serve(
 
     if listen.kind == "tcp" and token is None:
         raise ListenError("a TCP listener needs a token")
+    held = hold_state_dir(state_dir)
     base = HostPolicy.for_host(state_dir, token_file=token_path(state_dir))
     policy = base.merged(user_policy()).merged(policy or HostPolicy())
     manager = SidecarManager(state_dir, admission=admission, zygote=True)
@@ -194,3 +220,4 @@ def serve(
             with contextlib.suppress(OSError):
                 os.unlink(listen.path)
         manager.close()
+        os.close(held)

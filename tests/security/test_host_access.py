@@ -163,3 +163,55 @@ def test_validate_of_a_repo_that_asks_for_host_paths_needs_the_users_flag(
         subprocess.run(
             [sys.executable, "-m", "microbuild", "host", "stop"], env=env, capture_output=True
         )
+
+
+def test_a_second_host_on_the_same_state_dir_is_refused(state_dir: Path) -> None:
+    """Real processes: the first host holds the state dir; the second says who does and
+    exits 2, and the first keeps serving."""
+    env = {**os.environ, "MICROBUILD_STATE_DIR": str(state_dir)}
+    sock = state_dir / "first.sock"
+    first = subprocess.Popen(
+        [sys.executable, "-m", "microbuild", "serve", "--listen", f"unix:{sock}"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert first.stdout is not None
+        assert "microbuild host" in first.stdout.readline()
+        second = subprocess.run(
+            [sys.executable, "-m", "microbuild", "serve", "--listen", f"unix:{state_dir / 'b'}"],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert second.returncode == 2, second.stderr
+        assert f"another host (pid {first.pid}) is serving" in second.stderr
+        assert first.poll() is None and sock.exists()
+    finally:
+        first.terminate()
+        first.wait(timeout=30)
+
+
+def test_a_damaged_state_database_says_how_to_move_it_aside(state_dir: Path) -> None:
+    from microbuild.store import Store, StoreError
+
+    state_dir.mkdir(parents=True, exist_ok=True)
+    (state_dir / "state.db").write_bytes(b"this is not sqlite" * 100)
+    with pytest.raises(StoreError, match=r"is not a database \(damaged\): move it aside with `mv"):
+        Store(state_dir / "state.db")
+    env = {**os.environ, "MICROBUILD_STATE_DIR": str(state_dir)}
+    try:
+        shown = subprocess.run(
+            [sys.executable, "-m", "microbuild", "stats", "--json"],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        lines = [line for line in shown.stderr.splitlines() if line.strip()]
+        assert shown.returncode != 0 and len(lines) == 1 and "mv " in lines[0], shown.stderr
+    finally:
+        (state_dir / "state.db").unlink()
