@@ -550,17 +550,17 @@ def test_default_path_is_the_project_dir(tmp_path: Path) -> None:
 def test_a_broken_rendering_is_never_written(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from microbuild import init as init_module
+    from microbuild.distill import plan as plan_module
 
     root = make_project(tmp_path / "demo", {"tool.py": "", "tests/t.py": ""})
-    monkeypatch.setattr(init_module.Plan, "render", lambda self, prefix="": "[[check]]\n")
+    monkeypatch.setattr(plan_module.Plan, "render", lambda self, prefix="": "[[check]]\n")
     result = init(str(root))
     assert result.exit_code == 1
     assert result.stderr.startswith("error: the generated configuration does not load (")
     assert not (root / "microbuild.toml").exists()
 
     # Text that loads but says something else than the plan is refused as well.
-    monkeypatch.setattr(init_module.Plan, "render", lambda self, prefix="": "")
+    monkeypatch.setattr(plan_module.Plan, "render", lambda self, prefix="": "")
     result = init(str(root))
     assert result.exit_code == 1
     assert "not as planned" in result.stderr
@@ -568,7 +568,7 @@ def test_a_broken_rendering_is_never_written(
 
 
 def test_rendering_escapes_strings(tmp_path: Path) -> None:
-    from microbuild.init import Check, Plan, _validate
+    from microbuild.distill.plan import Check, Plan, validate_rendering
 
     odd = "echo \"quoted\" \\back\\slash 'single' tab\there ünï"
     plan = Plan(
@@ -578,7 +578,7 @@ def test_rendering_escapes_strings(tmp_path: Path) -> None:
         checks=(Check("t.1-x", odd, 5),),
         decisions=(),
     )
-    config = _validate(plan, plan.render(), "microbuild.toml")
+    config = validate_rendering(plan, plan.render(), "microbuild.toml")
     assert config.snapshot.setup == (odd, "x" * 120)
     assert config.sidecar.env == {"A B": 'va"l'}
     assert config.checks[0].command == odd
