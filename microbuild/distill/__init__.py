@@ -12,7 +12,8 @@ tox (:mod:`.toxconfig` finds the config and expands environments; :mod:`.tox_ini
 :mod:`.make`, :mod:`.npm`; :mod:`.tasks` orders the task runners, :mod:`.steps` classifies
 commands. `microbuild init` itself: :mod:`.project` detects the Python project from its files
 (:mod:`.packaging` reads their metadata), :mod:`.plan` is the configuration it plans and its
-TOML, :mod:`.write` writes it, :mod:`.configure` does all of it (``init_project``).
+TOML, :mod:`.write` writes it, :mod:`.configure` does all of it (``init_project``). A file that
+links out of the project is never read (:mod:`.files`).
 """
 
 from __future__ import annotations

@@ -1,8 +1,10 @@
-"""Reading the project's own files: one-line errors that name the file, and whether a path
-leads out of the project."""
+"""Reading the project's own files, never through a link that leads out of the project: a
+``pyproject.toml`` linked to a host file must not end up, whole or in part, in a config or a
+message."""
 
 from __future__ import annotations
 
+import os
 import tomllib
 from pathlib import Path
 from typing import Any
@@ -23,7 +25,12 @@ def leads_outside(path: Path, project: Path) -> bool:
 
 def read_project_file(path: Path, project: Path) -> str:
     """The text of ``path``, a file of ``project``; a one-line :class:`ConfigError` naming the
-    file when it cannot be read."""
+    file when it links outside the project (it is not read) or cannot be read."""
+    if leads_outside(path, project):
+        raise ConfigError(
+            f"{os.path.relpath(path, project)}: leads outside the project, so it is not read; "
+            "make it a file of the project"
+        )
     try:
         return path.read_text(encoding="utf-8", errors="replace")
     except OSError as err:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from microbuild.distill.files import read_project_file
+from microbuild.distill.files import leads_outside, read_project_file
 from microbuild.distill.steps import Distiller, Step, Verdict, target_kind
 
 __all__ = ["FILE", "distill_makefile"]
@@ -17,6 +17,9 @@ _CHECK_TARGETS = ("lint", "check", "typecheck", "type-check", "types", "mypy", "
 
 def distill_makefile(root: Path, out: Distiller) -> None:
     """Add the Makefile's check targets, one per kind of check not found yet."""
+    if leads_outside(root / FILE, root):
+        out.drop(FILE, "leads outside the project, so it is not read", FILE)
+        return
     text = read_project_file(root / FILE, root)
     targets = re.findall(r"^([A-Za-z][A-Za-z0-9_-]*)\s*:(?!=)", text, re.MULTILINE)
     for target in _CHECK_TARGETS:

@@ -8,7 +8,7 @@ import shlex
 from collections.abc import Iterator
 from pathlib import Path
 
-from microbuild.distill.files import read_project_file
+from microbuild.distill.files import leads_outside, read_project_file
 from microbuild.distill.steps import Distiller, Step, classify, program, target_kind
 
 __all__ = ["FILE", "check_sessions", "expand_nox", "nox_sessions", "nox_steps"]
@@ -21,7 +21,8 @@ NoxSessions = dict[str, list[tuple[str, list[str]]]]
 def nox_sessions(root: Path) -> NoxSessions:
     """Session name → ("install" | "run", literal arguments), read with ``ast`` (never run).
 
-    Raises SyntaxError or ValueError for a noxfile that does not parse."""
+    Raises SyntaxError or ValueError for a noxfile that does not parse (ConfigError for one
+    that links outside the project: callers check first, with :func:`leads_outside`)."""
     tree = ast.parse(read_project_file(root / FILE, root))
     sessions: NoxSessions = {}
     for node in tree.body:
@@ -79,6 +80,11 @@ def expand_nox(root: Path, step: Step, out: Distiller) -> list[Step]:
             names += [n for n in next(it, "").split(",") if n]
         elif arg.startswith("--session="):
             names.append(arg.split("=", 1)[1])
+    if leads_outside(root / FILE, root):
+        out.drop(
+            f"{step.where}: `{step.command}`", f"{FILE} leads outside the project; not read", FILE
+        )
+        return []
     try:
         found = nox_steps(root, names or None, step.where)
     except (SyntaxError, ValueError) as err:
@@ -94,6 +100,9 @@ def check_sessions(root: Path, out: Distiller) -> Iterator[str]:
     """The sessions that lint, type-check, build or test, in file order; each other one is
     dropped with a note as the iteration reaches it (so notes and steps keep the file's
     order)."""
+    if leads_outside(root / FILE, root):
+        out.drop(FILE, "leads outside the project, so it is not read", FILE)
+        return
     try:
         sessions = nox_sessions(root)
     except (SyntaxError, ValueError) as err:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from microbuild.distill.files import leads_outside
 from microbuild.distill.steps import Distiller, Kind, Step, Verdict
 
 __all__ = ["FILE", "distill_package_json"]
@@ -25,6 +26,9 @@ def distill_package_json(root: Path, out: Distiller, read: list[str]) -> None:
     scripts."""
     path = root / FILE
     if not path.is_file():
+        return
+    if leads_outside(path, root):
+        out.drop(FILE, "leads outside the project, so it is not read", FILE)
         return
     try:
         data = json.loads(path.read_text(encoding="utf-8"))

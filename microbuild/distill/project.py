@@ -1,8 +1,8 @@
 """Detect how to set up and check a Python project from its own files.
 
 The detection reads only the project's files (``pyproject.toml``, ``setup.cfg``, ``setup.py``,
-requirements files, ``tox.ini``, tool configurations) and asks git which tags there are; it
-never uses the network. The CI, when there is one (see
+requirements files, ``tox.ini``, tool configurations), never through a link out of the project,
+and asks git which tags there are; it never uses the network. The CI, when there is one (see
 :func:`microbuild.distill.distill`), decides the checks and these files complete the setup.
 """
 
