@@ -18,6 +18,8 @@ __all__ = ["InitResult", "init_project"]
 
 @dataclass(frozen=True)
 class InitResult:
+    """What `microbuild init` did (or, for a dry run, would do), for the CLI to print."""
+
     path: Path
     """The file written (or that would be): ``microbuild.toml`` or ``pyproject.toml``."""
     written: bool

@@ -45,6 +45,8 @@ class SetupCall:
 
 @dataclass(frozen=True)
 class Extra:
+    """An optional-dependency group as declared, and where (file and table), for the notes."""
+
     name: str
     requirements: tuple[str, ...]
     file: str

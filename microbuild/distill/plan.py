@@ -61,6 +61,8 @@ class Decision:
 
 @dataclass(frozen=True)
 class Check:
+    """One planned [[check]] table."""
+
     name: str
     command: str
     timeout_s: int
