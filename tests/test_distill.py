@@ -195,6 +195,13 @@ def test_no_ci_and_no_tasks_yields_nothing(tmp_path: Path) -> None:
         ("sudo apt-get install -y libxml2", "drop"),
         ("docker push img", "drop"),
         ("echo done >> $GITHUB_ENV", "drop"),
+        ("python -m build --sdist --wheel .", "build"),
+        ("uv build --out-dir dist .", "build"),
+        ("poetry build", "build"),
+        ("pip wheel --no-deps -w dist .", "build"),
+        ("pip wheel -r requirements.txt -w wheels", "python-setup"),
+        ("twine check --strict dist/*", "build"),
+        ("check-wheel-contents dist", "build"),
     ],
 )
 def test_classify(command: str, kind: str) -> None:
@@ -358,3 +365,47 @@ def test_linters_are_written_check_only(command: str, checked: str) -> None:
     verdict = classify(command)
     assert verdict.kind == "lint"
     assert (verdict.command or command) == checked
+
+
+# Modelled on filelock's tox.toml pkg_meta env: `uv build` into the env's tmp dir, then checks
+# of what it built.
+PKG_META_TOML = """\
+env_list = ["pkg_meta"]
+
+[env.pkg_meta]
+skip_install = true
+deps = ["check-wheel-contents>=0.6.1", "twine>=6.1", "uv>=0.8.4"]
+commands = [
+  ["uv", "build", "--sdist", "--wheel", "--out-dir", "{env_tmp_dir}", "."],
+  ["twine", "check", "{env_tmp_dir}{/}*"],
+  ["check-wheel-contents", "--no-config", "{env_tmp_dir}"],
+]
+"""
+
+
+def test_a_build_step_is_kept_before_the_checks_of_what_it_builds(tmp_path: Path) -> None:
+    (tmp_path / "tox.toml").write_text(PKG_META_TOML)
+    result = distill(tmp_path)
+    assert result.checks == (
+        (
+            "build",
+            "(mkdir -p .tox/pkg_meta/tmp && uv build --sdist --wheel --out-dir .tox/pkg_meta/tmp"
+            " .) && (mkdir -p .tox/pkg_meta/tmp && twine check '.tox/pkg_meta/tmp/*')"
+            " && (mkdir -p .tox/pkg_meta/tmp && check-wheel-contents --no-config"
+            " .tox/pkg_meta/tmp)",
+            600,
+        ),
+    )
+
+
+def test_a_distribution_check_without_a_kept_build_is_dropped(tmp_path: Path) -> None:
+    """A build the distiller does not keep (here one it does not recognise) leaves nothing to
+    check: `twine check` alone would check an empty directory, so it goes, with a note."""
+    (tmp_path / "tox.ini").write_text(
+        "[tox]\nenv_list = pkg\n\n[testenv:pkg]\nskip_install = true\ndeps = twine\n"
+        "commands =\n    python setup.py sdist\n    twine check dist/*\n"
+    )
+    result = distill(tmp_path)
+    assert result.checks == ()
+    reason = drops(result)["tox.ini (tox env pkg): `twine check 'dist/*'`"]
+    assert reason.startswith("checks built distributions, but no kept step before it builds")

@@ -550,17 +550,17 @@ def test_default_path_is_the_project_dir(tmp_path: Path) -> None:
 def test_a_broken_rendering_is_never_written(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from microbuild import init as init_module
+    from microbuild.distill import plan as plan_module
 
     root = make_project(tmp_path / "demo", {"tool.py": "", "tests/t.py": ""})
-    monkeypatch.setattr(init_module.Plan, "render", lambda self, prefix="": "[[check]]\n")
+    monkeypatch.setattr(plan_module.Plan, "render", lambda self, prefix="": "[[check]]\n")
     result = init(str(root))
     assert result.exit_code == 1
     assert result.stderr.startswith("error: the generated configuration does not load (")
     assert not (root / "microbuild.toml").exists()
 
     # Text that loads but says something else than the plan is refused as well.
-    monkeypatch.setattr(init_module.Plan, "render", lambda self, prefix="": "")
+    monkeypatch.setattr(plan_module.Plan, "render", lambda self, prefix="": "")
     result = init(str(root))
     assert result.exit_code == 1
     assert "not as planned" in result.stderr
@@ -568,7 +568,7 @@ def test_a_broken_rendering_is_never_written(
 
 
 def test_rendering_escapes_strings(tmp_path: Path) -> None:
-    from microbuild.init import Check, Plan, _validate
+    from microbuild.distill.plan import Check, Plan, validate_rendering
 
     odd = "echo \"quoted\" \\back\\slash 'single' tab\there ünï"
     plan = Plan(
@@ -578,7 +578,7 @@ def test_rendering_escapes_strings(tmp_path: Path) -> None:
         checks=(Check("t.1-x", odd, 5),),
         decisions=(),
     )
-    config = _validate(plan, plan.render(), "microbuild.toml")
+    config = validate_rendering(plan, plan.render(), "microbuild.toml")
     assert config.snapshot.setup == (odd, "x" * 120)
     assert config.sidecar.env == {"A B": 'va"l'}
     assert config.checks[0].command == odd
@@ -921,3 +921,91 @@ def test_github_tox_env_from_pyproject_tool_tox(tmp_path: Path) -> None:
     )
     assert done.returncode == 0, done.stdout + done.stderr
     assert "1 passed" in done.stdout
+
+
+# ---------------------------------------------------------------------------
+# files that link out of the project
+
+SECRET = "SECRET-TOKEN-0451"
+"""Stands for a host file's contents (/etc/passwd, a credentials file): never shown or copied."""
+
+# What a file linked out of the project would yield if it were read: each a valid file of its
+# kind whose contents would reach the config or a message.
+REFUSED_LINKS = {
+    "pyproject.toml": f'[project]\nname = "{SECRET}"\nversion = "1"\n[tool.ruff]\n',
+    "setup.cfg": f"[options]\ninstall_requires =\n    {SECRET}\n[mypy]\nfiles = {SECRET}\n",
+    "tox.ini": f"[pytest]\naddopts = {SECRET}\n",
+    "setup.py": f"from setuptools import setup\nsetup(name='{SECRET}')\n",
+    "mypy.ini": f"[mypy]\nfiles = {SECRET}\n",
+    "requirements-dev.txt": f"{SECRET}\n",
+    ".github/workflows/ci.yml": (
+        f"on: push\njobs:\n  t:\n    runs-on: ubuntu-latest\n    steps:\n"
+        f"      - run: pytest {SECRET}\n"
+    ),
+    ".gitlab-ci.yml": f"test:\n  script:\n    - pytest {SECRET}\n",
+    ".circleci/config.yml": (
+        f"version: 2.1\njobs:\n  t:\n    docker:\n      - image: python\n    steps:\n"
+        f"      - run: pytest {SECRET}\nworkflows:\n  main:\n    jobs: [t]\n"
+    ),
+}
+
+
+def linked_out(tmp_path: Path, rel: str, text: str, files: dict[str, str]) -> Path:
+    """A project whose ``rel`` is a link to a file outside it holding ``text``."""
+    outside = tmp_path / "host" / "secret"
+    outside.parent.mkdir(parents=True)
+    outside.write_text(text)
+    root = make_project(tmp_path / "demo", files)
+    (root / rel).parent.mkdir(parents=True, exist_ok=True)
+    (root / rel).symlink_to(outside)
+    return root
+
+
+@pytest.mark.parametrize("rel", sorted(REFUSED_LINKS))
+def test_a_config_file_linking_out_of_the_project_is_refused(tmp_path: Path, rel: str) -> None:
+    files = {"pyproject.toml": PYPROJECT_TESTS_EXTRA, "tests/t.py": ""}
+    files.pop(rel, None)
+    root = linked_out(tmp_path, rel, REFUSED_LINKS[rel], files)
+    result = init(str(root), "--dry-run")
+    assert result.exit_code == 2, result.output
+    assert result.stderr == (
+        f"error: {rel}: leads outside the project, so it is not read; "
+        "make it a file of the project\n"
+    )
+    assert SECRET not in result.output
+
+
+def test_a_requirements_include_leading_out_of_the_project_is_refused(tmp_path: Path) -> None:
+    (tmp_path / "secret.txt").write_text(f"{SECRET}\n")
+    files = {"pyproject.toml": PYPROJECT_TESTS_EXTRA, "requirements-dev.txt": "-r ../secret.txt\n"}
+    root = make_project(tmp_path / "demo", files)
+    result = init(str(root), "--dry-run")
+    assert result.exit_code == 2, result.output
+    assert result.stderr == (
+        "error: ../secret.txt: leads outside the project, so it is not read; "
+        "make it a file of the project\n"
+    )
+    assert SECRET not in result.output
+
+
+DROPPED_LINKS = {
+    "Makefile": f"test:\n\tpytest {SECRET}\n",
+    "noxfile.py": f"import nox\n@nox.session\ndef tests(s):\n    s.run('pytest', '{SECRET}')\n",
+    "package.json": json.dumps({"scripts": {"test": f"jest {SECRET}"}}),
+    ".pre-commit-config.yaml": f"ci:\n  autofix_prs: false\nrepos: []\n# {SECRET}\n",
+}
+
+
+@pytest.mark.parametrize("rel", sorted(DROPPED_LINKS))
+def test_a_task_file_linking_out_of_the_project_is_dropped(tmp_path: Path, rel: str) -> None:
+    """Task runners are read as tox configs are: a link out is a dropped decision, not a stop."""
+    root = linked_out(tmp_path, rel, DROPPED_LINKS[rel], {"pyproject.toml": PYPROJECT_TESTS_EXTRA})
+    result = ok(init(str(root), "--dry-run", "--json"))
+    payload = json.loads(result.stdout)
+    assert {
+        "decision": "dropped",
+        "item": rel,
+        "reason": "leads outside the project, so it is not read",
+        "file": rel,
+    } in payload["decisions"]
+    assert SECRET not in result.output

@@ -53,7 +53,8 @@ def init(
     from the Python project's files, which also complete the setup. Each decision kept or
     dropped, and the file behind it, is printed to stderr.
     """
-    from microbuild.init import GeneratedConfigError, init_project
+    from microbuild.distill.configure import init_project
+    from microbuild.distill.plan import GeneratedConfigError
 
     app = ctx.find_object(AppContext)
     base = (app.project_dir if app is not None else None) or Path.cwd()

@@ -5,6 +5,15 @@ package.json are; then a .pre-commit-config.yaml that pre-commit.ci runs (one wi
 table) and no CI step did. Python installs are not copied literally (CI installs into a throw-away
 machine's system Python): they are read into :class:`PythonNeeds`, which `microbuild init`
 writes as one install into the snapshot's ``.venv``.
+
+One module per dialect: :mod:`.circleci`, :mod:`.github`, :mod:`.gitlab`, :mod:`.precommit`,
+tox (:mod:`.toxconfig` finds the config and expands environments; :mod:`.tox_ini` and
+:mod:`.tox_toml` read its two syntaxes, :mod:`.tox_env` their shared model), :mod:`.nox`,
+:mod:`.make`, :mod:`.npm`; :mod:`.tasks` orders the task runners, :mod:`.steps` classifies
+commands. `microbuild init` itself: :mod:`.project` detects the Python project from its files
+(:mod:`.packaging` reads their metadata), :mod:`.plan` is the configuration it plans and its
+TOML, :mod:`.write` writes it, :mod:`.configure` does all of it (``init_project``). A file that
+links out of the project is never read (:mod:`.files`).
 """
 
 from __future__ import annotations

@@ -8,6 +8,7 @@ from typing import Any
 
 import yaml
 
+from microbuild.distill.files import leads_outside
 from microbuild.errors import ConfigError
 
 
@@ -49,8 +50,13 @@ _Loader.add_implicit_resolver(
 )
 
 
-def load_yaml(path: Path, rel: str) -> Any:
-    """The document in ``path``; a :class:`ConfigError` naming ``rel`` and the line if broken."""
+def load_yaml(path: Path, rel: str, project: Path) -> Any:
+    """The document in ``path`` (``rel`` in ``project``); a :class:`ConfigError` naming ``rel``
+    and the line if broken, or if the file links outside the project (then it is not read)."""
+    if leads_outside(path, project):
+        raise ConfigError(
+            f"{rel}: leads outside the project, so it is not read; make it a file of the project"
+        )
     try:
         text = path.read_text(encoding="utf-8", errors="replace")
     except OSError as err:

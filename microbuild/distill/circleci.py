@@ -36,7 +36,7 @@ def distill(root: Path, out: Distiller) -> list[str]:
     path = root / FILE
     if not path.is_file():
         return []
-    data = load_yaml(path, FILE)
+    data = load_yaml(path, FILE, root)
     if not isinstance(data, dict) or not isinstance(data.get("jobs"), dict):
         out.drop(FILE, "no jobs", FILE)
         return [FILE]

@@ -41,7 +41,7 @@ def distill(root: Path, out: Distiller) -> list[str]:
     for path in files(root):
         rel = path.relative_to(root).as_posix()
         read.append(rel)
-        data = load_yaml(path, rel)
+        data = load_yaml(path, rel, root)
         if not isinstance(data, dict) or not isinstance(data.get("jobs"), dict):
             out.drop(rel, "no jobs in this workflow", rel)
             continue

@@ -25,7 +25,7 @@ def distill(root: Path, out: Distiller) -> list[str]:
     path = root / FILE
     if not path.is_file():
         return []
-    data = load_yaml(path, FILE)
+    data = load_yaml(path, FILE, root)
     if not isinstance(data, dict):
         out.drop(FILE, "not a mapping of jobs", FILE)
         return [FILE]

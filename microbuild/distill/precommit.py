@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from microbuild.distill._yaml import load_yaml
+from microbuild.distill.files import leads_outside
 from microbuild.distill.steps import (
     Distiller,
     Kind,
@@ -287,6 +288,9 @@ def pre_commit_ci(root: Path, out: Distiller) -> list[str]:
         or any(d.file == rel for d in out.dropped)
     ):
         return []
+    if leads_outside(root / rel, root):
+        out.drop(rel, "leads outside the project, so it is not read", rel)
+        return []
     try:
         size = (root / rel).stat().st_size
         head = (
@@ -308,7 +312,7 @@ def _make(root: Path, step: Step, args: list[str], out: Distiller) -> bool:
     """``make TARGET`` whose recipe runs pre-commit: the recipe's lines, which ``add`` expands."""
     target = next((a for a in args if not a.startswith("-") and "=" not in a), None)
     makefile = root / (step.cwd or ".") / "Makefile"
-    if target is None or not makefile.is_file() or not _inside(makefile, root):
+    if target is None or not makefile.is_file() or leads_outside(makefile, root):
         return False
     key = (makefile.resolve(), target)
     if key in _EXPANDING:
@@ -335,13 +339,6 @@ def _make_recipe(makefile: Path, target: str, step: Step, out: Distiller) -> boo
         if line:
             out.add(Step(line, "Makefile", where, step.cwd, step.env))
     return True
-
-
-def _inside(path: Path, root: Path) -> bool:
-    try:
-        return path.resolve().is_relative_to(root.resolve())
-    except (OSError, RuntimeError):
-        return False
 
 
 def _runs_precommit(line: str) -> bool:
@@ -382,7 +379,7 @@ class _Expansion:
         if config is None:
             config = next((c for c in CONFIG_FILES if (base / c).is_file()), CONFIG_FILES[0])
         path = base / config
-        inside = _inside(path, self.root)
+        inside = not leads_outside(path, self.root)
         given = posixpath.normpath(posixpath.join(self.cwd or ".", config))
         self.rel = _show(path.relative_to(self.root).as_posix() if inside else given, limit=200)
         if not inside or not path.is_file():
@@ -452,7 +449,7 @@ class _Expansion:
             self.out.drop(self.rel, f"larger than {_MAX_BYTES} bytes; not read", self.rel)
             return None
         try:
-            data = load_yaml(path, self.rel)
+            data = load_yaml(path, self.rel, self.root)
         except ConfigError as err:
             why = str(err).split("; fix it", 1)[0]
             self.out.drop(self.rel, f"{why}; no hook is a check", self.rel)

@@ -201,6 +201,8 @@ _INFO = {
 }
 _NODE_PM = {"npm", "yarn", "pnpm", "bun"}
 _NODE_BUILTIN_SCRIPTS = {"test", "start", "stop", "restart"}
+_PACKAGE_BUILDERS = ("hatch", "flit", "poetry", "pdm", "uv")
+"""Programs whose ``build`` subcommand builds the package's sdist and wheel."""
 _PY_INSTALL_PROGRAMS = {"pip", "pip3", "uv", "poetry", "pdm", "pipenv", "pip-sync", "virtualenv"}
 
 
@@ -419,6 +421,10 @@ def classify(command: str) -> Verdict:
         return Verdict(
             "drop", f"{name}: environment manager (its environments are expanded where known)"
         )
+    if _builds_package(name, args):
+        return Verdict("build", "builds the package (sdist and wheel)")
+    if name in _DIST_CHECKERS:
+        return Verdict("build", _DIST_CHECKERS[name])
     # installation
     if name in _PY_INSTALL_PROGRAMS or name == "ensurepip" or name == "venv":
         if name in ("pip", "pip3") and first in ("install", "download", "wheel"):
@@ -476,8 +482,6 @@ def classify(command: str) -> Verdict:
         return Verdict("types", _TYPES[name])
     if name in _TESTS or name.startswith("pytest"):
         return Verdict("tests", _TESTS.get(name, "pytest"))
-    if name == "build" or (name in ("hatch", "flit", "poetry", "pdm", "uv") and first == "build"):
-        return Verdict("build", "builds the package (sdist and wheel)")
     if name == "setup.py" and first in ("test",):
         return Verdict("tests", "setup.py test")
     if name.startswith("python") and args and args[0].endswith(".py"):
@@ -485,6 +489,30 @@ def classify(command: str) -> Verdict:
         if re.match(r"(run_?)?tests?\b|.*_tests?\.py$", script):
             return Verdict("tests", f"test script {args[0]}")
     return Verdict("drop", "not recognised as a lint, type-check, build, test or install command")
+
+
+_DIST_CHECKERS = {"check-wheel-contents": "check-wheel-contents: the built wheels' contents"}
+"""Checkers of built distributions other than ``twine check`` (classified with twine)."""
+
+
+def _builds_package(name: str, args: list[str]) -> bool:
+    """``python -m build``, ``uv build``, ``hatch build``, ..., and ``pip wheel`` of the project
+    itself (``pip wheel -r requirements.txt`` only fills a wheel cache: an install step)."""
+    first = args[0] if args else ""
+    if name == "build" or (name in _PACKAGE_BUILDERS and first == "build"):
+        return True
+    return (
+        name in ("pip", "pip3")
+        and first == "wheel"
+        and any(a in (".", "..") or a.startswith(("./", "../")) for a in args[1:])
+    )
+
+
+def consumes_distributions(command: str) -> bool:
+    """Whether ``command`` checks built distributions (``twine check dist/*``): it needs a
+    build step before it in the same check, or it checks an empty directory."""
+    name, args = program(command)
+    return (name == "twine" and args[:1] == ["check"]) or name in _DIST_CHECKERS
 
 
 _FIX_FLAGS = {"--fix", "--unsafe-fixes", "--exit-non-zero-on-fix", "--fix-only", "--show-fixes"}
@@ -580,6 +608,16 @@ class Distiller:
             key = verdict.check or verdict.kind
             if verdict.check is not None:
                 self.kinds[key] = verdict.kind
+            if consumes_distributions(step.command) and not any(
+                not consumes_distributions(s.command) for s in self.checks.get(key, [])
+            ):
+                self.drop(
+                    label,
+                    "checks built distributions, but no kept step before it builds them "
+                    "(it would check an empty directory)",
+                    step.file,
+                )
+                return Verdict("drop", "no kept build step before it")
             steps = self.checks.setdefault(key, [])
             if all(s.shell() != step.shell() for s in steps):
                 steps.append(step)

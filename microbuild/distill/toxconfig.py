@@ -13,10 +13,25 @@ import tomllib
 from pathlib import Path
 from typing import Any
 
-from microbuild.distill.steps import Step, classify
+from microbuild.distill.files import leads_outside
+from microbuild.distill.steps import Distiller, Step, classify, program
 from microbuild.distill.tox_env import ToxConfig, ToxConfigError, ToxEnv
 from microbuild.distill.tox_ini import IniTox
 from microbuild.distill.tox_toml import TomlTox
+
+__all__ = [
+    "ToxConfigError",
+    "check_envs",
+    "env_steps",
+    "expand_tox",
+    "find_tox",
+    "load_tox",
+    "tox_steps",
+    "tox_with_envs",
+]
+
+_TOX_RUN = ("run", "r", "run-parallel", "p")
+"""tox's subcommands that run environments, as `tox` alone does."""
 
 
 def _toml(path: Path) -> dict[str, Any]:
@@ -34,7 +49,7 @@ def _file(root: Path, name: str, project: Path) -> Path | None:
     path = root / name
     if not path.is_file():
         return None
-    if not path.resolve().is_relative_to(project.resolve()):
+    if leads_outside(path, project):
         raise ToxConfigError(f"{name} links outside the project; not read")
     return path
 
@@ -143,4 +158,96 @@ def _tidy_files(words: list[str]) -> list[str]:
     return out
 
 
-__all__ = ["ToxConfigError", "env_steps", "find_tox", "load_tox"]
+# ---------------------------------------------------------------------------
+# tox in CI lines, and projects without CI
+
+
+def expand_tox(root: Path, step: Step, out: Distiller) -> list[Step]:
+    """A CI line ``tox ...`` as the steps of the environments it runs, read through the config
+    tox would find from the step's directory; the line itself when there is none."""
+    _, args = program(step.command)
+    try:
+        args, start = _tox_start(step, args)
+        tox, base = find_tox(root, start)
+        if tox is None:
+            return [step]
+        if "--" in args:
+            args, tox.posargs = args[: args.index("--")], args[args.index("--") + 1 :]
+        chosen = [a for a in args if a not in _TOX_RUN]
+        toxenv = dict(step.env).get("TOXENV")
+        if toxenv and not any(a.startswith(("-e", "--env", "-m", "-f")) for a in chosen):
+            chosen += ["-e", toxenv]
+        envs, why = tox.select(chosen)
+    except ToxConfigError as err:
+        out.drop(f"{step.where}: `{step.command}`", str(err), None)
+        return []
+    if why:
+        out.drop(f"{step.where}: `{step.command}`", why, step.file)
+        return []
+    out.kept.append(
+        (
+            f"{step.where}: `{step.command}`",
+            f"expanded through {tox.file}: {', '.join(envs)}",
+            tox.file,
+        )
+    )
+    return [s for env in envs for s in tox_steps(tox, env, step.where, out, base)]
+
+
+def tox_steps(
+    tox: ToxConfig, env: str, where: str, out: Distiller, base: str | None = None
+) -> list[Step]:
+    """The steps of one tox environment; none (and a note) when it cannot be read."""
+    try:
+        found = tox.env(env)
+    except ToxConfigError as err:
+        out.drop(f"{where} (tox env {env})", str(err), tox.file)
+        return []
+    return env_steps(found, where, tox.file, base)
+
+
+def _tox_start(step: Step, args: list[str]) -> tuple[list[str], str | None]:
+    """The arguments without ``-c CONFIG``, and where tox starts looking for its config: the
+    step's directory, or the ``-c`` file's (relative to it)."""
+    rest: list[str] = []
+    start = step.cwd
+    it = iter(args)
+    for arg in it:
+        if arg in ("-c", "--conf"):
+            value = next(it, "")
+        elif arg.startswith("--conf="):
+            value = arg.removeprefix("--conf=")
+        elif arg.startswith("-c"):
+            value = arg.removeprefix("-c")
+        else:
+            rest.append(arg)
+            continue
+        path = posixpath.normpath(posixpath.join(step.cwd or ".", value))
+        start = posixpath.dirname(path) if path.endswith((".ini", ".cfg", ".toml")) else path
+    return rest, start
+
+
+def tox_with_envs(root: Path, out: Distiller) -> ToxConfig | None:
+    """The project's tox config if it lists environments; a note when it cannot be read."""
+    try:
+        tox = load_tox(root)
+        return tox if tox is not None and tox.env_list() else None
+    except ToxConfigError as err:
+        out.drop("tox", str(err), None)
+        return None
+
+
+def check_envs(tox: ToxConfig) -> list[str]:
+    """The environments a plain ``tox`` runs that check something (a benchmark env, say, only
+    when none does), one Python's of each factor group."""
+    checks = [e for e in tox.env_list() if _env_is_check(tox, e)]
+    declared = [e for e in checks if e in tox.declared_envs()]
+    return tox.one_python(declared or checks)
+
+
+def _env_is_check(tox: ToxConfig, env: str) -> bool:
+    try:
+        commands = tox.env(env).commands
+    except ToxConfigError:
+        return True
+    return any(classify(c.shell()).kind in ("lint", "types", "tests", "build") for c in commands)

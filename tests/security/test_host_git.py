@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from microbuild import gitsafe, sync, treeedit, watch
-from microbuild.init import init_project
+from microbuild.distill.configure import init_project
 
 VECTORS = ("fsmonitor", "clean", "smudge", "process", "textconv", "extdiff", "hook", "included")
 
