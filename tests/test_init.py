@@ -1009,3 +1009,64 @@ def test_a_task_file_linking_out_of_the_project_is_dropped(tmp_path: Path, rel: 
         "file": rel,
     } in payload["decisions"]
     assert SECRET not in result.output
+
+
+PLAIN_PYPROJECT = '[project]\nname = "demo"\nversion = "1"\n'
+UNITTEST_MODULE = (
+    "import unittest\n\n\nclass DocumentationTestCase(unittest.TestCase):\n"
+    "    def test(self):\n        pass\n"
+)
+
+
+def test_tests_pytests_default_patterns_miss_are_named(tmp_path: Path) -> None:
+    """decorator keeps its tests in tests/test.py: `python -m pytest` alone collects nothing
+    there (exit 5), so init names the file, which pytest then runs whatever its name; and the
+    check it writes really runs the test."""
+    root = make_project(
+        tmp_path / "demo",
+        {"pyproject.toml": PLAIN_PYPROJECT, "tests/test.py": UNITTEST_MODULE, "demo.py": ""},
+    )
+    raw, _config, stderr = init_and_load(root)
+    (tests,) = [c for c in raw["check"] if c["name"] == "tests"]
+    assert tests["command"] == "python -m pytest -q tests/test.py"
+    assert "tests/test.py named on the command line" in stderr
+    done = subprocess.run(
+        [sys.executable, *shlex.split(tests["command"])[1:], "-p", "no:cacheprovider"],
+        cwd=root,
+        capture_output=True,
+        text=True,
+    )
+    assert done.returncode == 0 and "1 passed" in done.stdout, done.stdout
+
+
+@pytest.mark.parametrize(
+    "files",
+    [
+        {"tests/test_x.py": "def test_x():\n    pass\n", "tests/test.py": UNITTEST_MODULE},
+        {"tests/test.py": UNITTEST_MODULE, "pytest.ini": "[pytest]\npython_files = test.py\n"},
+    ],
+)
+def test_a_tests_dir_pytest_collects_is_left_to_pytest(
+    tmp_path: Path, files: dict[str, str]
+) -> None:
+    root = make_project(tmp_path / "demo", {"pyproject.toml": PLAIN_PYPROJECT, **files})
+    raw, _config, _stderr = init_and_load(root)
+    (tests,) = [c for c in raw["check"] if c["name"] == "tests"]
+    assert tests["command"] == "python -m pytest -q"
+
+
+def test_tests_inside_the_package_are_found(tmp_path: Path) -> None:
+    """simplejson keeps its tests in simplejson/tests/: a tests check, which pytest collects."""
+    root = make_project(
+        tmp_path / "demo",
+        {
+            "pyproject.toml": PLAIN_PYPROJECT,
+            "demo/__init__.py": "",
+            "demo/tests/__init__.py": "",
+            "demo/tests/test_speed.py": "def test_speed():\n    pass\n",
+        },
+    )
+    raw, _config, stderr = init_and_load(root)
+    (tests,) = [c for c in raw["check"] if c["name"] == "tests"]
+    assert tests["command"] == "python -m pytest -q"
+    assert "demo/tests/ holds the tests" in stderr

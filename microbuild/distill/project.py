@@ -127,6 +127,18 @@ def _tools_of(checks: Iterable[Check]) -> list[str]:
     return tools
 
 
+# pytest's default `python_files`.
+_COLLECTED_FILE = re.compile(r"test_.*\.py|.*_test\.py")
+_TEST_CODE = re.compile(r"^\s*(?:def test|class \w*Test|class Test)|unittest\.TestCase", re.M)
+
+
+def _has_tests(path: Path) -> bool:
+    try:
+        return _TEST_CODE.search(path.read_text(encoding="utf-8", errors="replace")) is not None
+    except OSError:
+        return False
+
+
 class ProjectDetector:
     """Reads the project's files once, then plans; every choice it makes is kept as a
     :class:`Decision` (``decisions``), in the order made."""
@@ -593,8 +605,47 @@ class ProjectDetector:
             )
             return None
         why, source = found
-        self._keep("tests", f"`{PYTEST_COMMAND}`: {why}{self._installs('pytest')}", source)
-        return Check("tests", PYTEST_COMMAND, TESTS_TIMEOUT_S), "pytest"
+        command = PYTEST_COMMAND
+        named = self._uncollected_test_files()
+        if named:
+            command = " ".join([PYTEST_COMMAND, *map(shlex.quote, named)])
+            why += (
+                f"; {', '.join(named)} named on the command line (pytest's default file "
+                "patterns, test_*.py and *_test.py, collect none of its tests)"
+            )
+        self._keep("tests", f"`{command}`: {why}{self._installs('pytest')}", source)
+        return Check("tests", command, TESTS_TIMEOUT_S), "pytest"
+
+    def _uncollected_test_files(self) -> list[str]:
+        """Test modules in a tests directory that pytest's default patterns miss (decorator's
+        tests/test.py), when the directory has none it would collect; pytest runs a file named
+        on its command line whatever its name."""
+        if self._pytest_configured():
+            return []
+        for name in TEST_DIRS:
+            directory = self.root / name
+            if not directory.is_dir() or directory.is_symlink():
+                continue
+            modules = sorted(p for p in directory.glob("*.py") if p.is_file())
+            if any(_COLLECTED_FILE.fullmatch(p.name) for p in directory.rglob("*.py")):
+                return []
+            named = [
+                p.relative_to(self.root).as_posix()
+                for p in modules
+                if p.name.startswith("test") and _has_tests(p)
+            ]
+            if named:
+                return named
+        return []
+
+    def _pytest_configured(self) -> bool:
+        """Whether the project says which files pytest collects (then it knows best)."""
+        return bool(
+            table_at(self.pyproject, "tool", "pytest")
+            or self._is_file("pytest.ini")
+            or (self.tox_ini is not None and self.tox_ini.has_section("pytest"))
+            or (self.setup_cfg is not None and self.setup_cfg.has_section("tool:pytest"))
+        )
 
     def _pytest_signal(self) -> tuple[str, str] | None:
         """Why we think the project uses pytest, and the file (or directory) that says so."""
@@ -619,6 +670,14 @@ class ProjectDetector:
         for name in TEST_DIRS:
             if (self.root / name).is_dir():
                 return f"{name}/ exists (pytest also runs unittest tests)", f"{name}/"
+        for package in self._package_dirs():
+            for name in TEST_DIRS:
+                inner = self.root / package / name
+                if inner.is_dir() and any(
+                    _COLLECTED_FILE.fullmatch(p.name) for p in inner.rglob("*.py")
+                ):
+                    where = f"{package}/{name}/"
+                    return f"{where} holds the tests (pytest also runs unittest tests)", where
         if "pytest" in self.provided:
             source, file = self.provided["pytest"]
             return f"{source} installs pytest", file
@@ -645,7 +704,8 @@ class ProjectDetector:
         )
         self._keep(
             f"sidecar.env {SCM_ENV}={version}",
-            f"{why}: {backend} reads the version from git, and sidecars have no .git; {how}{note}",
+            f"{why}: {backend} reads the version from git, and sidecars have no git history; "
+            f"{how}{note}",
             source,
         )
         return ((SCM_ENV, version),)
