@@ -382,6 +382,8 @@ import hashlib, json, os, stat, sys
 root = sys.argv[1]
 out = {}
 for dirpath, dirs, files in os.walk(root):
+    if dirpath == root and ".git" in dirs:
+        dirs.remove(".git")  # the snapshot's empty repository, not the tree's
     for name in files + [d for d in dirs if os.path.islink(os.path.join(dirpath, d))]:
         path = os.path.join(dirpath, name)
         st = os.lstat(path)
