@@ -106,15 +106,9 @@ def _p(name: str, version: str) -> RealProject:
     return RealProject(name=name, version=version)
 
 
-TEST_PY = "issue 12: tests in tests/test.py (pytest's default globs collect none of them)"
-IN_PACKAGE = "issue 12: in-package unittest tests (simplejson/tests) are not detected: no checks"
 NOX = (
     "issue 12: noxfile distillation (no tests check from `session.run(... virtue)`;"
     " `mypy --config` lost its argument; the build check's `--outdir` lost its directory)"
-)
-UV_BUILD = (
-    "issue 12: `uv build` is dropped from tox's pkg_meta env, so its `twine check` finds no"
-    " dist (the build check fails first)"
 )
 
 PRE_COMMIT_CHECKS = {
@@ -180,11 +174,9 @@ PROJECTS: dict[str, InitProject] = {
             "tests": r"\bpytest\b.*--cov-config \./pyproject\.toml",
         },
         injections=(
-            Injection("assertion", "tests/test_error.py", "test_timeout_str", defect=UV_BUILD),
+            Injection("assertion", "tests/test_error.py", "test_timeout_str"),
             Injection("types", "src/filelock/_util.py"),
         ),
-        init_defect=UV_BUILD,
-        baseline_defect=UV_BUILD,
         # hatch-vcs writes it at build time; the project's .gitignore (not in the sdist) has it.
         gitignore=("src/filelock/version.py",),
         # pip backtracks through a dozen virtualenv releases (the newest need a newer
@@ -210,11 +202,7 @@ PROJECTS: dict[str, InitProject] = {
         spec=_p("decorator", "5.2.1"),
         families=("pyproject only", "unittest TestCase in tests/test.py"),
         checks={"tests": r"tests/test\.py|\bunittest\b"},
-        injections=(
-            Injection("assertion", "tests/test.py", "DocumentationTestCase.test", defect=TEST_PY),
-        ),
-        init_defect=TEST_PY,
-        baseline_defect=f"{TEST_PY}: the tests check fails with pytest's exit 5",
+        injections=(Injection("assertion", "tests/test.py", "DocumentationTestCase.test"),),
     ),
     "simplejson": InitProject(
         spec=_p("simplejson", "3.20.1"),
@@ -225,11 +213,8 @@ PROJECTS: dict[str, InitProject] = {
                 "assertion",
                 "simplejson/tests/test_decode.py",
                 "TestDecode.test_decimal",
-                defect=IN_PACKAGE,
             ),
         ),
-        init_defect=IN_PACKAGE,
-        baseline_defect=f"{IN_PACKAGE} (validate exits 2: no [[check]] to run)",
     ),
     "more-itertools": InitProject(
         spec=_p("more-itertools", "10.5.0"),
