@@ -111,6 +111,12 @@ NOX = (
     " `mypy --config` lost its argument; the build check's `--outdir` lost its directory)"
 )
 
+UV_BUILD = (
+    "issue 12: tox's `uv build` is kept but cannot run offline: uv is not installed in the"
+    " snapshot, `--python 3.13 --python-preference only-managed` downloads a Python, and build"
+    " isolation fetches the build backend (the build check fails first, as an environment error)"
+)
+
 PRE_COMMIT_CHECKS = {
     "pre-commit.ruff": r"^ruff check --no-fix\b",
     "pre-commit.black": r"^black --check\b",
@@ -174,9 +180,10 @@ PROJECTS: dict[str, InitProject] = {
             "tests": r"\bpytest\b.*--cov-config \./pyproject\.toml",
         },
         injections=(
-            Injection("assertion", "tests/test_error.py", "test_timeout_str"),
+            Injection("assertion", "tests/test_error.py", "test_timeout_str", defect=UV_BUILD),
             Injection("types", "src/filelock/_util.py"),
         ),
+        baseline_defect=UV_BUILD,
         # hatch-vcs writes it at build time; the project's .gitignore (not in the sdist) has it.
         gitignore=("src/filelock/version.py",),
         # pip backtracks through a dozen virtualenv releases (the newest need a newer
@@ -236,14 +243,12 @@ PROJECTS: dict[str, InitProject] = {
     "pyproject_api": InitProject(
         spec=_p("pyproject_api", "1.9.1"),
         families=("GitHub Actions", "tox.ini {posargs}/{work_dir}", "pytest"),
-        checks={"tests": r"^(?!.*[{}]).*\bpytest\b"},
+        # tox.ini's env_list: the host's Python's env and `build` (uv build, then twine).
+        checks={"build": r"\buv build\b", "tests": r"^(?!.*[{}]).*\bpytest\b"},
         injections=(
-            Injection(
-                "assertion",
-                "tests/test_version.py",
-                "test_version",
-            ),
+            Injection("assertion", "tests/test_version.py", "test_version", defect=UV_BUILD),
         ),
+        baseline_defect=UV_BUILD,
     ),
     "exceptiongroup": InitProject(
         spec=_p("exceptiongroup", "1.2.2"),
