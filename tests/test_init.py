@@ -282,7 +282,7 @@ def test_scm_versioned_without_tags(tmp_path: Path) -> None:
     assert (
         "kept    sidecar.env SETUPTOOLS_SCM_PRETEND_VERSION=0.0.0: pyproject.toml has "
         "[tool.setuptools_scm]: setuptools_scm reads the version from git, and sidecars have "
-        "no .git; the repository has no tags"
+        "no git history; the repository has no tags"
     ) in stderr
     assert "dropped checks: no ruff or mypy configuration" in stderr
 
