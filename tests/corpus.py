@@ -619,9 +619,19 @@ def judge(applied: Applied, validated: Validated) -> Verdict:
     report = str(result.get("report", ""))
     failures = [f for f in result.get("failures") or [] if f.get("check") == expected.check]
     ids = list(dict.fromkeys([*expected.ids, *failing_ids(validated.raw_log)]))
-    by_id = {str(f.get("id")): f for f in failures}
+    # `validate --json` gives the report's entries: each with the ids it stands for (a few,
+    # and how many more: variants of one parametrized test past those count in `more_ids`).
+    by_id: dict[str, dict[str, Any]] = {}
+    for failure in failures:
+        for test_id in failure.get("ids") or [failure.get("id")]:
+            by_id.setdefault(str(test_id), failure)
+    for i in ids:
+        family = re.split(r"[\[ ]", i, maxsplit=1)[0]
+        for failure in failures:
+            if failure.get("more_ids") and str(failure.get("id", "")).startswith(family + "["):
+                by_id.setdefault(i, failure)
     # Named: in the report's text, or one of the failures a deduplicated entry of the report
-    # stands for (`x40`: the same error at the same place; `validate --json` lists them all).
+    # stands for (`x40`: the same error at the same place).
     found = [
         i
         for i in ids
