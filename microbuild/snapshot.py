@@ -101,6 +101,7 @@ def spec_for(sidecar: SidecarConfig, layers: tuple[str, ...], network: str) -> S
         rootfs=sidecar.rootfs,
         env=dict(sidecar.env),
         tmp_size=sidecar.tmp_size,
+        disk=sidecar.disk,
     )
 
 
