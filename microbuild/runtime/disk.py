@@ -149,8 +149,13 @@ class DiskPool:
     def _fill(self, size: int) -> None:
         pool = self._dir(size)
         try:
-            pool.mkdir(parents=True, exist_ok=True, mode=0o700)
-            self.root.chmod(0o700)
+            # Never parents=True: a state dir removed meanwhile must stay removed.
+            self.root.mkdir(exist_ok=True, mode=0o700)
+            pool.mkdir(exist_ok=True, mode=0o700)
+            for entry in os.listdir(pool):  # left by a process killed mid-mkfs
+                path = pool / entry
+                if entry.startswith(".") and time.time() - path.stat().st_mtime > 600:
+                    path.unlink()
             while len([e for e in os.listdir(pool) if not e.startswith(".")]) < self.keep:
                 with self._lock:
                     self._seq += 1
