@@ -386,3 +386,24 @@ def test_the_store_survives_a_full_state_disk(small_fs: Path) -> None:
         assert db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
     finally:
         db.close()
+
+
+@pytest.mark.isolation
+def test_adopting_after_the_host_lost_its_mount_mounts_the_same_filesystem_again(
+    runtime: NamespaceRuntime, layer: Path, state_dir: Path
+) -> None:
+    h = runtime.create("sc_r", spec(layer))
+    try:
+        assert run(runtime, h, "echo before > /workspace/before")[0] == 0
+        target = Path(h.dir) / disks.MOUNT_DIR
+        subprocess.run(["umount", str(target)], check=True)  # a host in a namespace of its own
+        assert not os.path.ismount(target)
+        runtime.adopt(h)
+        assert os.path.ismount(target)
+        assert len(attached_under(state_dir)) == 1  # the same loop device, not a second one
+        assert run(runtime, h, "echo after > /workspace/after")[0] == 0
+        assert (target / "upper/workspace/after").read_text() == "after\n"
+        assert (target / "upper/workspace/before").read_text() == "before\n"
+    finally:
+        runtime.destroy(h)
+    assert attached_under(state_dir) == [] and mounts_under(state_dir) == []

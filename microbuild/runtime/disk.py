@@ -252,6 +252,28 @@ def mount(sdir: Path, size: int, pool: DiskPool) -> Path:
     return target
 
 
+def remount(sdir: Path) -> bool:
+    """After a host restart in a mount namespace of its own (a systemd unit with
+    PrivateTmp, say), the sidecar's filesystem is still mounted in its namespace but no
+    longer at `sdir/disk` for the host: mount it there again from the same loop device (the
+    same superblock, never a second one over the same image). True when it is mounted."""
+    target = sdir / MOUNT_DIR
+    if os.path.ismount(target):
+        return True
+    try:
+        device = (sdir / LOOP_FILE).read_text().strip()
+    except OSError:
+        return False
+    backing = _backing_file(device)
+    if backing is None or not backing.startswith(str(sdir / IMAGE)):
+        return False
+    try:
+        linux.mount(device, str(target), "ext4", linux.MS_NOSUID | linux.MS_NODEV, MOUNT_OPTIONS)
+    except OSError:
+        return False
+    return True
+
+
 def _backing_file(device: str) -> str | None:
     name = os.path.basename(device)
     try:

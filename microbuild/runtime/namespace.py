@@ -722,6 +722,8 @@ class NamespaceRuntime(Runtime):
 
     def adopt(self, handle: SidecarHandle) -> None:
         """Commands started by a host that died have nobody to report to: end them."""
+        if handle.spec.disk is not None:
+            disks.remount(Path(handle.dir))
         group = self._group(handle)
         frozen = group.is_frozen()
         for child in group.children():
