@@ -10,6 +10,7 @@ import os
 import sqlite3
 import subprocess
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -147,6 +148,11 @@ def test_writing_twice_the_limit_fails_with_enospc_and_the_host_gains_at_most_th
         runtime.destroy(h)
     assert attached_under(state_dir) == []
     assert not Path(h.dir).exists()
+    # its image is deleted in the background, soon
+    deadline = time.monotonic() + 10
+    while list((state_dir / disks.POOL_DIR).glob(".trash-*")) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert list((state_dir / disks.POOL_DIR).glob(".trash-*")) == []
 
 
 @pytest.mark.isolation

@@ -127,6 +127,7 @@ class NamespaceRuntime(Runtime):
         self._exec_groups: dict[tuple[str, int | None, int | None], list[cg.Cgroup]] = {}
         self._exec_groups_lock = threading.Lock()
         self._disks = disks.DiskPool(state_dir)
+        self._disks_checked = False
 
     def close(self) -> None:
         with self._helpers_lock:
@@ -297,20 +298,22 @@ class NamespaceRuntime(Runtime):
         sdir.mkdir(parents=True, exist_ok=True)
         (sdir / "root").mkdir(exist_ok=True)
         upper_fs = sdir
-        if spec.disk is not None:
-            try:
-                problem = disks.unavailable_reason()
-                if problem:
-                    raise disks.DiskError(
-                        f"cannot limit the sidecar's disk: {problem}; set [sidecar] disk = "
-                        '"none" in microbuild.toml to run without a disk limit'
-                    )
+        try:
+            if spec.disk is not None:
+                if not self._disks_checked:
+                    problem = disks.unavailable_reason()
+                    if problem:
+                        raise disks.DiskError(
+                            f"cannot limit the sidecar's disk: {problem}; set [sidecar] disk "
+                            '= "none" in microbuild.toml to run without a disk limit'
+                        )
+                    self._disks_checked = True
                 upper_fs = disks.mount(sdir, spec.disk, self._disks)
-            except BaseException:
-                self._remove_dir(sdir)
-                raise
-        for sub in ("upper", "work"):
-            (upper_fs / sub).mkdir(exist_ok=True)
+            for sub in ("upper", "work"):
+                (upper_fs / sub).mkdir(exist_ok=True)
+        except BaseException:
+            self._remove_dir(sdir)
+            raise
         group = self.cgroup_root.child(sidecar_id)
         try:
             try:
@@ -350,12 +353,18 @@ class NamespaceRuntime(Runtime):
         handle.init_start = linux.process_start_time(pid)
         return handle
 
-    @staticmethod
-    def _remove_dir(sdir: Path) -> None:
+    def _remove_dir(self, sdir: Path) -> None:
         """A sidecar's directory gone, its disk (if any) unmounted and detached first."""
         with contextlib.suppress(Exception):
-            disks.release(sdir)
+            self._release_disk(sdir)
         shutil.rmtree(sdir, ignore_errors=True)
+
+    def _release_disk(self, sdir: Path) -> None:
+        """Unmount and detach the sidecar's disk; its image is deleted in the background."""
+        disks.release(sdir)
+        image = sdir / disks.IMAGE
+        if image.exists():
+            self._disks.discard(image)
 
     @staticmethod
     def _upper(handle: SidecarHandle) -> Path:
@@ -407,7 +416,7 @@ class NamespaceRuntime(Runtime):
             self.cgroup_root.prune_empty()
         if handle.init_pid is not None:
             _wait_gone(handle.init_pid, handle.init_start)
-        disks.release(Path(handle.dir))
+        self._release_disk(Path(handle.dir))
         _remove_tree(Path(handle.dir))
 
     def stats(self, handle: SidecarHandle) -> SidecarStats:
@@ -742,7 +751,7 @@ class NamespaceRuntime(Runtime):
         if self.sidecars_dir.is_dir():
             for path in self.sidecars_dir.iterdir():
                 if path.name not in keep:
-                    disks.release(path)
+                    self._release_disk(path)
                     _remove_tree(path)
                     if path.name not in removed:
                         removed.append(path.name)
