@@ -321,6 +321,10 @@ def small_fs() -> Iterator[Path]:
     finally:
         subprocess.run(["umount", str(mnt)], check=True)
         subprocess.run(["rm", "-rf", "--one-file-system", str(work)], check=False)
+    # autoclear detaches the loop device asynchronously (a kernel workqueue)
+    deadline = time.monotonic() + 5
+    while attached_under(work) and time.monotonic() < deadline:
+        time.sleep(0.01)
     assert attached_under(work) == []
 
 

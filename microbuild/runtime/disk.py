@@ -323,7 +323,8 @@ def _backing_file(device: str) -> str | None:
 
 
 def release(sdir: Path, timeout: float = 5.0) -> None:
-    """Unmount the sidecar's disk and make sure its loop device is detached. Call once the
+    """Unmount the sidecar's disk and make sure its loop device is detached (autoclear does
+    it asynchronously, from a kernel workqueue: waited for). Call once the
     sidecar's processes are gone (their mount namespace holds the filesystem too)."""
     target = sdir / MOUNT_DIR
     image = str(sdir / IMAGE)
