@@ -417,3 +417,43 @@ def test_adopting_after_the_host_lost_its_mount_mounts_the_same_filesystem_again
     finally:
         runtime.destroy(h)
     assert attached_under(state_dir) == [] and mounts_under(state_dir) == []
+
+
+@pytest.mark.isolation
+def test_reconcile_fails_runs_left_running_and_releases_dead_sidecars_disks(
+    state_dir: Path, tiny_project: Path
+) -> None:
+    need_isolation()
+    import signal
+
+    manager = SidecarManager(state_dir, default_runtime="namespace")
+    try:
+        live = manager.create_sidecar(find_project(tiny_project), runtime="namespace")
+        dead = manager.create_sidecar(find_project(tiny_project), runtime="namespace")
+        assert len(attached_under(state_dir / "sidecars")) == 2
+        run = big_run(1)
+        run.error, run.sidecar_id = None, live.id
+        manager.store.put_run(run)  # a host killed mid-run leaves it so
+        assert dead.handle is not None
+        os.kill(dead.handle["init_pid"], signal.SIGKILL)
+    finally:
+        manager.close()
+    manager = SidecarManager(state_dir, default_runtime="namespace")  # the host restarted
+    try:
+        report = manager.reconcile()
+        assert report["adopted"] == [live.id] and report["dead"] == [dead.id]
+        assert "mb_1" in report["failed"]
+        failed = manager.store.get_run("mb_1")
+        assert (failed.status, failed.error) == ("error", "the host stopped during the microbuild")
+        deadline = time.monotonic() + 5
+        while len(attached_under(state_dir / "sidecars")) > 1 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert attached_under(state_dir / "sidecars" / dead.id) == []
+        assert len(attached_under(state_dir / "sidecars" / live.id)) == 1
+        result, _, _ = manager.exec(live.id, ["/bin/sh", "-c", "echo ok > f"]).collect()
+        assert result.exit_code == 0
+        for record in manager.list_sidecars():
+            manager.destroy(record.id)
+        assert attached_under(state_dir) == []
+    finally:
+        manager.close()
