@@ -240,22 +240,25 @@ def test_unlimited_disk_keeps_the_layer_on_the_state_dir(
 
 
 @pytest.mark.isolation
-def test_the_pool_hands_out_formatted_images(state_dir: Path) -> None:
+def test_images_are_sparse_copies_of_one_formatted_template(state_dir: Path) -> None:
     need_isolation()
-    pool = disks.DiskPool(state_dir, keep=2)
+    pool = disks.DiskPool(state_dir)
     pool.fill(LIMIT)
-    pooled = sorted((state_dir / disks.POOL_DIR / str(LIMIT)).iterdir())
-    assert len(pooled) == 2
+    template = state_dir / disks.POOL_DIR / f"{LIMIT}.img"
     assert oct(os.stat(state_dir / disks.POOL_DIR).st_mode & 0o777) == "0o700"
+    made = template.stat().st_mtime_ns
     sdir = state_dir / "sidecars" / "x"
     sdir.mkdir(parents=True)
-    pool.take(LIMIT, sdir / disks.IMAGE)
-    assert not pooled[0].exists()
-    assert os.path.getsize(sdir / disks.IMAGE) == LIMIT
-    out = subprocess.run(
-        ["dumpe2fs", "-h", str(sdir / disks.IMAGE)], capture_output=True, text=True, check=False
-    ).stdout
-    assert "Filesystem magic number:  0xEF53" in out
+    for name in ("a.img", "b.img"):
+        pool.take(LIMIT, sdir / name)
+        assert os.path.getsize(sdir / name) == LIMIT
+        assert allocated(sdir / name) <= allocated(template) < 1 * MiB
+        check = subprocess.run(
+            ["fsck.ext4", "-n", "-f", str(sdir / name)], capture_output=True, check=False
+        )
+        assert check.returncode == 0, check.stdout
+    assert template.stat().st_mtime_ns == made  # formatted once
+    assert [p.name for p in (state_dir / disks.POOL_DIR).iterdir()] == [template.name]
 
 
 # -- through the runner ------------------------------------------------------------------------
