@@ -439,6 +439,9 @@ def test_reconcile_fails_runs_left_running_and_releases_dead_sidecars_disks(
         manager.store.put_run(run)  # a host killed mid-run leaves it so
         assert dead.handle is not None
         os.kill(dead.handle["init_pid"], signal.SIGKILL)
+        deadline = time.monotonic() + 10  # until reaped (a zombie still counts as alive)
+        while os.path.exists(f"/proc/{dead.handle['init_pid']}") and time.monotonic() < deadline:
+            time.sleep(0.01)
     finally:
         manager.close()
     manager = SidecarManager(state_dir, default_runtime="namespace")  # the host restarted

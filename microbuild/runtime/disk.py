@@ -293,9 +293,12 @@ def mount(sdir: Path, size: int, pool: DiskPool) -> Path:
     `sdir/disk`; returns the mount point. On failure nothing is left attached or mounted."""
     image = sdir / IMAGE
     target = sdir / MOUNT_DIR
+    if image.exists() or os.path.ismount(target):
+        # Left by a sidecar of the same id: never mounted twice, never handed on.
+        release(sdir)
+        image.unlink(missing_ok=True)
     target.mkdir(exist_ok=True)
-    if not image.exists():
-        pool.take(size, image)
+    pool.take(size, image)
     try:
         fd, device = _attach(image)
     except OSError as exc:
