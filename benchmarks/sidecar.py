@@ -42,6 +42,7 @@ from _common import mounts_under, p95, raise_interrupt, signals_ignored
 from rich.console import Console
 from rich.table import Table
 
+from microbuild.config import parse_size
 from microbuild.runtime import (
     Limits,
     Runtime,
@@ -606,7 +607,13 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="fork sidecar processes from the zygote helper, as the host does",
     )
+    parser.add_argument(
+        "--disk",
+        default="none",
+        help='the sidecars\' disk limit, as [sidecar] disk says it ("10GiB"; default none)',
+    )
     args = parser.parse_args(argv)
+    disk = None if args.disk.strip().lower() == "none" else parse_size(args.disk)
     n: int = max(1, args.n)
     # Not a terminal (piped, captured): don't squeeze the table into 80 columns.
     out = Console(width=None if sys.stdout.isatty() else 160)
@@ -632,7 +639,8 @@ def main(argv: list[str] | None = None) -> int:
             f"{layer_info['mib']:.1f} MiB, built in {layer_s:.1f} s"
         )
         report.machine["state_dir"] = str(state)
-        spec = SidecarSpec(layers=(str(layer),), network="none", limits=LIMITS)
+        spec = SidecarSpec(layers=(str(layer),), network="none", limits=LIMITS, disk=disk)
+        report.machine["disk"] = args.disk
 
         namespace: Runtime | None = None
         try:

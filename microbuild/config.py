@@ -168,7 +168,7 @@ class SnapshotConfig(BaseModel):
         return value
 
 
-_SIZE_MINIMUM = {"memory": 16 * MiB, "tmp_size": 1 * MiB}
+_SIZE_MINIMUM = {"memory": 16 * MiB, "tmp_size": 1 * MiB, "disk": 16 * MiB}
 
 
 class SidecarConfig(BaseModel):
@@ -192,6 +192,19 @@ class SidecarConfig(BaseModel):
     env: dict[str, str] = Field(default_factory=dict)
     tmp_size: int = Field(default=1 * GiB, strict=True)
     """Size of the sidecar's ``/tmp`` tmpfs in bytes; a size of 0 would mean unlimited."""
+    disk: int | None = Field(default=10 * GiB, strict=True)
+    """Size of the sidecar's writable layer (everything it writes outside ``/tmp``): a
+    filesystem of its own, so a runaway write fills it and not the host's disk. ``"none"``
+    means unlimited: the layer shares the state dir's filesystem. That is for machines with
+    no loop devices (some containers), where a limited sidecar cannot be made at all; the
+    `process` runtime never limits the disk."""
+
+    @field_validator("disk", mode="before")
+    @classmethod
+    def _disk_none_means_unlimited(cls, value: object, info: ValidationInfo) -> int | None:
+        if isinstance(value, str) and value.strip().lower() == "none":
+            return None
+        return cls._to_bytes(value, info)
 
     @field_validator("memory", "tmp_size", mode="before")
     @classmethod

@@ -30,6 +30,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from microbuild.config import SidecarConfig, _require_plain
 from microbuild.errors import SetupFailed, SnapshotError
+from microbuild.report.classify import disk_limit_cause
 from microbuild.runtime import Limits, Runtime, RuntimeError_, SidecarHandle, SidecarSpec
 from microbuild.store import SnapshotRecord, Store
 
@@ -101,6 +102,7 @@ def spec_for(sidecar: SidecarConfig, layers: tuple[str, ...], network: str) -> S
         rootfs=sidecar.rootfs,
         env=dict(sidecar.env),
         tmp_size=sidecar.tmp_size,
+        disk=sidecar.disk,
     )
 
 
@@ -341,6 +343,9 @@ def _run_setup(
         shown = [line for line in tail if line.strip()]
         if result.oom_killed:
             shown.append("(killed: out of memory; raise [sidecar] memory in microbuild.toml)")
+        elif result.disk_limit_reached is not None:
+            cause = disk_limit_cause(result.disk_limit_reached)
+            shown.append(f"({cause}; raise [sidecar] disk in microbuild.toml)")
         raise SetupFailed(command, result.exit_code, shown, result.timed_out)
 
 

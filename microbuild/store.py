@@ -7,16 +7,18 @@ so that the CLI and a host can read while another writes, and plain records in a
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import json
 import os
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Concatenate, ParamSpec, TypeVar
 
 SCHEMA_VERSION = 5
 
@@ -149,6 +151,49 @@ CACHEABLE_RUN_STATES = ("passed", "failed")
 
 class StoreError(Exception):
     """The state database cannot be opened or is from a newer microbuild."""
+
+
+class StoreFull(StoreError):
+    """The state dir's filesystem has no room left for the database."""
+
+
+# Kept next to state.db with real blocks (not sparse): released when the database cannot
+# grow, so that the write that found the disk full, and the next few, still succeed.
+RESERVE_NAME = "state.reserve"
+RESERVE_BYTES = 16 << 20
+
+_P = ParamSpec("_P")
+_R = TypeVar("_R")
+
+
+def _disk_full(exc: BaseException) -> bool:
+    return isinstance(exc, sqlite3.OperationalError) and (
+        getattr(exc, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL
+        or "database or disk is full" in str(exc)
+    )
+
+
+def _writes(method: Callable[Concatenate[Store, _P], _R]) -> Callable[Concatenate[Store, _P], _R]:
+    """A write that finds the disk full releases the reserve and is tried once more; failing
+    again, it raises StoreFull (one line, what to do) rather than a raw sqlite3 error."""
+
+    def write(self: Store, /, *args: _P.args, **kwargs: _P.kwargs) -> _R:
+        try:
+            return method(self, *args, **kwargs)
+        except sqlite3.OperationalError as exc:
+            if not _disk_full(exc):
+                raise
+            if not self.release_reserve():
+                raise self._full() from exc
+        try:
+            return method(self, *args, **kwargs)
+        except sqlite3.OperationalError as exc:
+            if _disk_full(exc):
+                raise self._full() from exc
+            raise
+
+    functools.update_wrapper(write, method)
+    return write
 
 
 class NotFound(StoreError):
@@ -362,12 +407,53 @@ class Store:
                     f"`mv {path} {path}.damaged` and run again (the host then starts afresh "
                     "and cleans up sidecars it has no record of)"
                 ) from exc
-            if "disk is full" in str(exc) or "database or disk is full" in str(exc):
-                raise StoreError(
-                    f"state disk full: {path} cannot be written; free space on "
-                    f"{path.parent} (`microbuild snapshot prune`, or delete old runs' logs)"
-                ) from exc
+            if _disk_full(exc):
+                raise self._full() from exc
             raise StoreError(f"cannot open state database {path}: {exc}") from exc
+        self.make_reserve()
+
+    @property
+    def reserve_path(self) -> Path:
+        return self.path.with_name(RESERVE_NAME)
+
+    def make_reserve(self) -> bool:
+        """Set aside RESERVE_BYTES (at most 1/64 of the filesystem) next to the database, if
+        not there yet and there is room; True when a reserve is in place."""
+        reserve = self.reserve_path
+        if reserve.exists():
+            return True
+        tmp = reserve.with_name(f".{RESERVE_NAME}.{os.getpid()}")
+        try:
+            info = os.statvfs(reserve.parent)
+            size = min(RESERVE_BYTES, info.f_blocks * info.f_frsize // 64)
+            if info.f_bavail * info.f_frsize < 2 * size:
+                return False  # already nearly full: taking the rest would not help
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+            try:
+                os.posix_fallocate(fd, 0, size)
+            finally:
+                os.close(fd)
+            os.rename(tmp, reserve)
+            return True
+        except OSError:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            return False
+
+    def release_reserve(self) -> bool:
+        """Free the reserve for the database; False when there was none."""
+        try:
+            os.unlink(self.reserve_path)
+        except OSError:
+            return False
+        return True
+
+    def _full(self) -> StoreFull:
+        return StoreFull(
+            f"state disk full: no space left for {self.path} on its filesystem; free space "
+            "there (`microbuild sidecar destroy`, `microbuild snapshot prune`, or other files) "
+            "or use another state dir (MICROBUILD_STATE_DIR)"
+        )
 
     def _migrate(self, statement: str) -> None:
         """Apply one `ALTER TABLE t ADD COLUMN c ...`; a table that does not exist yet is made
@@ -387,10 +473,13 @@ class Store:
             self._db.execute("BEGIN IMMEDIATE")
             try:
                 yield self._db
+                self._db.execute("COMMIT")
             except BaseException:
-                self._db.execute("ROLLBACK")
+                # SQLite may have rolled back itself (a full disk does that).
+                with contextlib.suppress(sqlite3.Error):
+                    if self._db.in_transaction:
+                        self._db.execute("ROLLBACK")
                 raise
-            self._db.execute("COMMIT")
 
     def _query(self, sql: str, args: Sequence[object] = ()) -> list[sqlite3.Row]:
         with self._lock:
@@ -431,6 +520,7 @@ class Store:
 
     # -- snapshots ---------------------------------------------------------------------------
 
+    @_writes
     def put_snapshot(self, record: SnapshotRecord) -> None:
         self._upsert("snapshots", record)
 
@@ -450,18 +540,21 @@ class Store:
             )
         return [SnapshotRecord(**self._decode(r)) for r in rows]
 
+    @_writes
     def touch_snapshot(self, snapshot_id: str) -> None:
         with self.transaction() as db:
             db.execute(
                 "UPDATE snapshots SET last_used_at = ? WHERE id = ?", (time.time(), snapshot_id)
             )
 
+    @_writes
     def delete_snapshot(self, snapshot_id: str) -> None:
         with self.transaction() as db:
             db.execute("DELETE FROM snapshots WHERE id = ?", (snapshot_id,))
 
     # -- sidecars ----------------------------------------------------------------------------
 
+    @_writes
     def put_sidecar(self, record: SidecarRecord) -> None:
         self._upsert("sidecars", record)
 
@@ -485,6 +578,7 @@ class Store:
         rows = self._query(query + " ORDER BY created_at", args)
         return [SidecarRecord(**self._decode(r)) for r in rows]
 
+    @_writes
     def set_sidecar_state(self, sidecar_id: str, state: str) -> None:
         with self.transaction() as db:
             db.execute(
@@ -492,6 +586,7 @@ class Store:
                 (state, time.time(), sidecar_id),
             )
 
+    @_writes
     def set_sidecar_tree(self, sidecar_id: str, tree: str | None, used_at: float) -> None:
         """What a sync changes: the tree the sidecar holds, and when it was last used."""
         with self.transaction() as db:
@@ -500,18 +595,21 @@ class Store:
                 (tree, used_at, sidecar_id),
             )
 
+    @_writes
     def touch_sidecar(self, sidecar_id: str) -> None:
         with self.transaction() as db:
             db.execute(
                 "UPDATE sidecars SET last_used_at = ? WHERE id = ?", (time.time(), sidecar_id)
             )
 
+    @_writes
     def delete_sidecar(self, sidecar_id: str) -> None:
         with self.transaction() as db:
             db.execute("DELETE FROM sidecars WHERE id = ?", (sidecar_id,))
 
     # -- runs --------------------------------------------------------------------------------
 
+    @_writes
     def fail_unfinished_runs(self, reason: str) -> list[str]:
         """Runs left `running` by a host that stopped: they will never finish."""
         with self.transaction() as db:
@@ -521,6 +619,7 @@ class Store:
             )
         return ids
 
+    @_writes
     def put_run(self, run: RunRecord) -> None:
         """Insert or replace a run together with its check results."""
         values = {k: getattr(run, k) for k in _RUN_COLUMNS}
@@ -540,6 +639,7 @@ class Store:
                 ],
             )
 
+    @_writes
     def put_test_durations(
         self, project: str, check: str, run_id: str, durations: dict[str, float]
     ) -> None:
@@ -627,6 +727,7 @@ class Store:
             return None
         return HookSession(**{k: rows[0][k] for k in rows[0].keys()})  # noqa: SIM118
 
+    @_writes
     def put_hook_session(self, state: HookSession) -> None:
         state.updated_at = time.time()
         values = dict(state.__dict__)
@@ -644,6 +745,7 @@ class Store:
         )
         return rows[0][0] if rows else None
 
+    @_writes
     def prune_hook_sessions(self, older_than_s: float = 30 * 86400) -> int:
         with self.transaction() as db:
             cursor = db.execute(

@@ -804,7 +804,8 @@ def test_sigkilled_host_restarts_and_adopts_its_sidecars(
     need_isolation()
     marker = ["sleep", "3007"]
     host = spawn("unix")
-    # Sidecars mount in their own mount namespaces: the host's (ours) never sees their mounts.
+    # Sidecars mount in their own mount namespaces: the host's (ours) sees none of their mounts,
+    # only each live sidecar's disk (its writable layer's filesystem, [sidecar] disk).
     assert mounts_involving(host.state) == set()
     host.snapshot = build_snapshot(host, project)
     with host.client() as c:
@@ -843,7 +844,9 @@ def test_sigkilled_host_restarts_and_adopts_its_sidecars(
     assert [(r["id"], r["state"]) for r in records] == [(ident, "running")]
     sidecars_dir = host.state / "sidecars"
     assert sorted(p.name for p in sidecars_dir.iterdir()) == [ident]
-    assert mounts_involving(host.state) == set()
+    (disk,) = mounts_involving(host.state)  # the adopted sidecar's disk, and nothing else
+    assert disk.split()[4] == str((sidecars_dir / ident / "disk").resolve())
+    assert {"nosuid", "nodev"} <= set(disk.split()[5].split(","))
 
 
 # -- 8. two hosts, one client ------------------------------------------------------------------

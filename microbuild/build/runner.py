@@ -33,7 +33,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from microbuild.config import CheckConfig
-from microbuild.report.classify import classify_check, classify_failure, project_packages
+from microbuild.report.classify import (
+    classify_check,
+    classify_failure,
+    disk_limit_cause,
+    project_packages,
+)
 from microbuild.report.model import Failure, ParseResult
 from microbuild.report.render import (
     DEFAULT_BUDGET,
@@ -154,6 +159,8 @@ def _classify(result: ExecResult, timeout_s: float) -> tuple[str, str | None]:
         return "timed_out", f"timed out after {timeout_s:g} s"
     if result.oom_killed:
         return "error", "out of memory: the sidecar's memory limit killed a process"
+    if result.disk_limit_reached is not None:
+        return "error", disk_limit_cause(result.disk_limit_reached)
     if result.exit_code == 0:
         return "passed", None
     if result.exit_code == COMMAND_NOT_FOUND:

@@ -10,6 +10,7 @@ import click
 from microbuild.cli._context import AppContext
 from microbuild.cli._ui import Progress, age, emit_json, show
 from microbuild.cli.snapshot import ensure_snapshot
+from microbuild.report.classify import disk_limit_cause
 
 PROCESS_WARNING = (
     "process runtime: commands run unisolated, with your user's full access to files and network"
@@ -131,6 +132,11 @@ def exec(
         code = 124
     elif result["oom_killed"]:
         note = "out of memory: the sidecar's memory limit killed a process; raise [sidecar] memory"
+    elif result.get("disk_limit_reached"):
+        note = (
+            f"{disk_limit_cause(int(result['disk_limit_reached']))}: the sidecar's disk is full; "
+            "raise [sidecar] disk, or `microbuild sidecar reset`"
+        )
     if as_json:
         emit_json(
             {

@@ -187,6 +187,8 @@ class ExecResultModel(BaseModel):
     oom_killed: bool
     duration_s: float
     cpu_s: float | None
+    disk_limit_reached: int | None = None
+    """The sidecar's disk limit in bytes, when the command failed with that disk full."""
 
     @classmethod
     def of(cls, result: ExecResult) -> ExecResultModel:
@@ -197,6 +199,7 @@ class ExecResultModel(BaseModel):
             oom_killed=result.oom_killed,
             duration_s=result.duration_s,
             cpu_s=result.cpu_s,
+            disk_limit_reached=result.disk_limit_reached,
         )
 
 

@@ -29,6 +29,7 @@ __all__ = [
     "classify_check",
     "classify_failure",
     "diagnose_text",
+    "disk_limit_cause",
     "project_packages",
     "remedy",
 ]
@@ -56,7 +57,16 @@ _REMEDIES: tuple[tuple[str, str], ...] = (
         "the check's command selects no tests: fix its paths or selection in microbuild.toml",
     ),
     ("out of memory", "raise [sidecar] memory in microbuild.toml (or use less memory)"),
-    ("disk full", f"`{RESET}` for a fresh writable layer (or write less to /tmp)"),
+    (
+        "disk limit",
+        f"raise [sidecar] disk in microbuild.toml (or write less), or `{RESET}` for a fresh "
+        "writable layer",
+    ),
+    (
+        "disk full",
+        f"`{RESET}` for a fresh writable layer, or raise [sidecar] disk (the writable layer) "
+        "or tmp_size (/tmp) in microbuild.toml",
+    ),
     (
         "network blocked",
         'set network = "host" on the check in microbuild.toml (or stop needing the network)',
@@ -79,6 +89,17 @@ class Diagnosis:
 
 
 CODE = Diagnosis("code")
+
+
+def disk_limit_cause(limit: int) -> str:
+    """The cause of a check that ended with its sidecar's disk full: `disk limit 10GiB
+    reached` (the limit spelled as in microbuild.toml)."""
+    size = f"{limit} bytes"
+    for name, unit in (("TiB", 1 << 40), ("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
+        if limit >= unit and limit % unit == 0:
+            size = f"{limit // unit}{name}"
+            break
+    return f"disk limit {size} reached"
 
 
 def remedy(cause: str | None) -> str | None:

@@ -94,6 +94,9 @@ class SidecarSpec:
     rootfs: str | None = None
     env: Mapping[str, str] = field(default_factory=dict)
     tmp_size: int = 1 << 30
+    disk: int | None = None
+    """Size of the writable layer's own filesystem in bytes (runtimes that can limit it);
+    None: the writable layer shares the state dir's filesystem, unlimited."""
 
     def to_json(self) -> dict[str, Any]:
         data = asdict(self)
@@ -111,6 +114,7 @@ class SidecarSpec:
             rootfs=data.get("rootfs"),
             env=dict(data.get("env", {})),
             tmp_size=data.get("tmp_size", 1 << 30),
+            disk=data.get("disk"),
         )
 
 
@@ -164,6 +168,8 @@ class ExecResult:
     oom_killed: bool
     duration_s: float
     cpu_s: float | None = None
+    disk_limit_reached: int | None = None
+    """The sidecar's disk limit in bytes, when the command failed with its disk full."""
 
 
 @dataclass(frozen=True)

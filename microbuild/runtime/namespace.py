@@ -41,6 +41,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 
 from microbuild.runtime import cgroup as cg
+from microbuild.runtime import disk as disks
 from microbuild.runtime import linux, seccomp
 from microbuild.runtime.base import (
     DEFAULT_PATH,
@@ -125,6 +126,8 @@ class NamespaceRuntime(Runtime):
         # Empty per-command cgroups for the next commands, per sidecar (id, init pid, start).
         self._exec_groups: dict[tuple[str, int | None, int | None], list[cg.Cgroup]] = {}
         self._exec_groups_lock = threading.Lock()
+        self._disks = disks.DiskPool(state_dir)
+        self._disks_checked = False
 
     def close(self) -> None:
         with self._helpers_lock:
@@ -293,8 +296,24 @@ class NamespaceRuntime(Runtime):
         bottom, binds = self._layout(spec)
         lower = ":".join([*spec.layers, bottom])
         sdir.mkdir(parents=True, exist_ok=True)
-        for sub in ("upper", "work", "root"):
-            (sdir / sub).mkdir(exist_ok=True)
+        (sdir / "root").mkdir(exist_ok=True)
+        upper_fs = sdir
+        try:
+            if spec.disk is not None:
+                if not self._disks_checked:
+                    problem = disks.unavailable_reason()
+                    if problem:
+                        raise disks.DiskError(
+                            f"cannot limit the sidecar's disk: {problem}; set [sidecar] disk "
+                            '= "none" in microbuild.toml to run without a disk limit'
+                        )
+                    self._disks_checked = True
+                upper_fs = disks.mount(sdir, spec.disk, self._disks)
+            for sub in ("upper", "work"):
+                (upper_fs / sub).mkdir(exist_ok=True)
+        except BaseException:
+            self._remove_dir(sdir)
+            raise
         group = self.cgroup_root.child(sidecar_id)
         try:
             try:
@@ -305,13 +324,14 @@ class NamespaceRuntime(Runtime):
         except Exception as exc:
             with contextlib.suppress(Exception):
                 group.remove()
-            shutil.rmtree(sdir, ignore_errors=True)
+            self._remove_dir(sdir)
             raise RuntimeError_(f"cannot set up the sidecar's cgroup: {exc}") from exc
         handle = SidecarHandle(
             id=sidecar_id, runtime=self.name, dir=str(sdir), spec=spec, cgroup=group.to_json()
         )
         overlay = (
-            f"lowerdir={lower},upperdir={sdir / 'upper'},workdir={sdir / 'work'},{OVERLAY_OPTIONS}"
+            f"lowerdir={lower},upperdir={upper_fs / 'upper'},workdir={upper_fs / 'work'},"
+            f"{OVERLAY_OPTIONS}"
         )
         try:
             args = (
@@ -327,11 +347,32 @@ class NamespaceRuntime(Runtime):
         except BaseException:
             with contextlib.suppress(Exception):
                 group.remove()
-            shutil.rmtree(sdir, ignore_errors=True)
+            self._remove_dir(sdir)
             raise
         handle.init_pid = pid
         handle.init_start = linux.process_start_time(pid)
         return handle
+
+    def _remove_dir(self, sdir: Path) -> None:
+        """A sidecar's directory gone, its disk (if any) unmounted and detached first."""
+        with contextlib.suppress(Exception):
+            self._release_disk(sdir)
+        shutil.rmtree(sdir, ignore_errors=True)
+
+    def _release_disk(self, sdir: Path) -> None:
+        """Unmount and detach the sidecar's disk; its image is deleted in the background."""
+        disks.release(sdir)
+        image = sdir / disks.IMAGE
+        if image.exists():
+            self._disks.discard(image)
+
+    @staticmethod
+    def _upper(handle: SidecarHandle) -> Path:
+        """The writable layer: in the sidecar's disk when it has one."""
+        sdir = Path(handle.dir)
+        if handle.spec.disk is not None:
+            return sdir / disks.MOUNT_DIR / "upper"
+        return sdir / "upper"
 
     def _group(self, handle: SidecarHandle) -> cg.Cgroup:
         if handle.cgroup is None:
@@ -375,6 +416,7 @@ class NamespaceRuntime(Runtime):
             self.cgroup_root.prune_empty()
         if handle.init_pid is not None:
             _wait_gone(handle.init_pid, handle.init_start)
+        self._release_disk(Path(handle.dir))
         _remove_tree(Path(handle.dir))
 
     def stats(self, handle: SidecarHandle) -> SidecarStats:
@@ -399,7 +441,7 @@ class NamespaceRuntime(Runtime):
 
     def _changes_root(self, handle: SidecarHandle) -> Path:
         """Only the writable layer: what the sidecar wrote, never the snapshot's files."""
-        return Path(handle.dir) / "upper" / WORKSPACE.lstrip("/")
+        return self._upper(handle) / WORKSPACE.lstrip("/")
 
     def home_in_sidecar(self, handle: SidecarHandle) -> str:
         return "/root"
@@ -408,7 +450,7 @@ class NamespaceRuntime(Runtime):
         return f"{_python_prefix()}/bin:{DEFAULT_PATH}"
 
     def freeze(self, handle: SidecarHandle, dest: Path) -> tuple[str, ...]:
-        upper = Path(handle.dir) / "upper"
+        upper = self._upper(handle)
         self._kill_processes(handle)
         _wait_gone(handle.init_pid, handle.init_start)
         strip_privileged_bits(upper)
@@ -417,7 +459,10 @@ class NamespaceRuntime(Runtime):
             if path.is_dir() and not path.is_symlink():
                 shutil.rmtree(path, ignore_errors=True)
         dest.parent.mkdir(parents=True, exist_ok=True)
-        upper.rename(dest)
+        if handle.spec.disk is None:
+            upper.rename(dest)
+        else:
+            _copy_layer(upper, dest)  # out of the sidecar's own filesystem, which goes away
         self.destroy(handle)
         return (str(dest), *handle.spec.layers)
 
@@ -510,6 +555,9 @@ class NamespaceRuntime(Runtime):
             code, sig = exit_code_of(status)
             with contextlib.suppress(OSError, ValueError):
                 cpu = group.cpu_usage_s() - cpu_before
+            full = None
+            if code != 0 and handle.spec.disk is not None and disks.is_full(Path(handle.dir)):
+                full = handle.spec.disk
             return ExecResult(
                 exit_code=code,
                 signal=sig,
@@ -517,6 +565,7 @@ class NamespaceRuntime(Runtime):
                 oom_killed=oom,
                 duration_s=time.monotonic() - started,
                 cpu_s=cpu,
+                disk_limit_reached=full,
             )
 
         return Execution(proc, timeout, kill_tree, finish, pty_master=master)
@@ -682,6 +731,8 @@ class NamespaceRuntime(Runtime):
 
     def adopt(self, handle: SidecarHandle) -> None:
         """Commands started by a host that died have nobody to report to: end them."""
+        if handle.spec.disk is not None:
+            disks.remount(Path(handle.dir))
         group = self._group(handle)
         frozen = group.is_frozen()
         for child in group.children():
@@ -700,6 +751,7 @@ class NamespaceRuntime(Runtime):
         if self.sidecars_dir.is_dir():
             for path in self.sidecars_dir.iterdir():
                 if path.name not in keep:
+                    self._release_disk(path)
                     _remove_tree(path)
                     if path.name not in removed:
                         removed.append(path.name)
@@ -911,6 +963,27 @@ def _wait_gone(pid: int | None, start: int | None, timeout: float = 10) -> None:
         if time.monotonic() > deadline:
             raise RuntimeError_(f"process {pid} did not exit after SIGKILL")
         time.sleep(0.001)
+
+
+def _copy_layer(upper: Path, dest: Path) -> None:
+    """Copy a writable layer to `dest` as it is: owners, modes, times, hard links, xattrs
+    (overlayfs's opaque markers) and device nodes (its whiteouts)."""
+    tmp = dest.with_name(f"{dest.name}.copy{os.getpid()}")
+    _remove_tree(tmp)
+    proc = subprocess.run(
+        ["cp", "-a", "--no-target-directory", "--", str(upper), str(tmp)],
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        check=False,
+    )
+    if proc.returncode != 0:
+        _remove_tree(tmp)
+        detail = proc.stderr.decode(errors="replace").strip().splitlines()
+        raise RuntimeError_(
+            f"cannot copy the sidecar's writable layer into the snapshot: "
+            f"{detail[-1] if detail else f'cp exited {proc.returncode}'}"
+        )
+    tmp.rename(dest)
 
 
 def _remove_tree(path: Path) -> None:

@@ -3,6 +3,8 @@
 A sidecar is a plain copy of its snapshot's layers in a directory; commands run as ordinary
 child processes in their own session so that a timeout can kill the whole process group.
 It says so loudly: nothing stops a command from reading or writing anything the user can.
+Nor are there limits: `[sidecar] memory`, `pids`, `cpus` and `disk` are not enforced, so a
+command can fill the host's disk (the state dir's filesystem) and its memory.
 """
 
 from __future__ import annotations
