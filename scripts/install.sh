@@ -19,6 +19,8 @@ command -v unshare >/dev/null 2>&1 || need_apt+=(util-linux)
 command -v ps >/dev/null 2>&1 || need_apt+=(procps)
 # libseccomp builds the sidecars' seccomp filter (through the pyseccomp binding).
 ldconfig -p 2>/dev/null | grep 'libseccomp\.so\.2' >/dev/null || need_apt+=(libseccomp2)
+# mkfs.ext4 formats the template of the sidecars' size-limited disk images.
+command -v mkfs.ext4 >/dev/null 2>&1 || need_apt+=(e2fsprogs)
 # Developers' benchmarks compare sync against rsync.
 if [ -n "$extras" ]; then command -v rsync >/dev/null 2>&1 || need_apt+=(rsync); fi
 
