@@ -684,3 +684,18 @@ def test_a_suite_that_ran_to_the_end_says_nothing_of_stopping(tmp_path: Path) ->
     text = plain_report(make_run(tmp_path, parsed.failures, log=proc.stdout, parsed=parsed))
     assert text.startswith("FAILED tests (1 of 2) in "), text
     assert "stopped" not in text
+
+
+@pytest.mark.parametrize(
+    "log",
+    [
+        "/bin/sh: 1: Cannot fork\n",
+        "bash: fork: retry: Resource temporarily unavailable\n",
+        "BlockingIOError: [Errno 11] Resource temporarily unavailable\n",
+    ],
+)
+def test_a_full_pids_cgroup_names_the_limit(log: str) -> None:
+    diagnosis = classify_check("failed", None, 2, [], log)
+    assert diagnosis.kind == "environment"
+    assert diagnosis.cause.startswith("pids limit reached")
+    assert diagnosis.fix and "[sidecar] pids" in diagnosis.fix

@@ -56,6 +56,7 @@ _REMEDIES: tuple[tuple[str, str], ...] = (
         "no tests ran",
         "the check's command selects no tests: fix its paths or selection in microbuild.toml",
     ),
+    ("pids limit", "raise [sidecar] pids in microbuild.toml (or start fewer processes)"),
     ("out of memory", "raise [sidecar] memory in microbuild.toml (or use less memory)"),
     (
         "disk limit",
@@ -133,6 +134,12 @@ _BAD_USAGE = re.compile(
 _NO_TESTS = re.compile(
     r"^(?:=+ )?(?:no tests ran|\d+ deselected) in [\d.]+s\b|^NO TESTS RAN\b|^Ran 0 tests in ", re.M
 )
+# fork() failing with EAGAIN: the sidecar's pids cgroup is full (a fork bomb, a huge pool).
+_NO_FORK = re.compile(
+    r"(?:fork|clone|spawn)\w*[^\n]{0,40}(?:Resource temporarily unavailable|EAGAIN)"
+    r"|can't fork|Cannot fork|BlockingIOError: \[Errno 11\]",
+    re.I,
+)
 _MISSING_PY = re.compile(r"(?:ModuleNotFoundError|ImportError): No module named '?(?P<mod>[\w.]+)")
 _MISSING_NODE = re.compile(r"Cannot find module '(?P<mod>[^'./][^']*)'")
 _DISK_FULL = re.compile(r"No space left on device|\bENOSPC\b|Disk quota exceeded")
@@ -178,6 +185,8 @@ def diagnose_text(
             module = m.group("mod")
             if module.split(".")[0].split("/")[0] not in own_packages:
                 return Diagnosis("environment", f"missing module '{module}'")
+    if _NO_FORK.search(text):
+        return Diagnosis("environment", "pids limit reached: a process could not be started")
     if _DISK_FULL.search(text):
         return Diagnosis("environment", "disk full (No space left on device)")
     if _MEMORY.search(text):
