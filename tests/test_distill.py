@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from microbuild.distill import Distilled, distill
-from microbuild.distill.steps import classify, split_script, without_coverage
+from microbuild.distill.steps import classify, offline_build, split_script, without_coverage
 from microbuild.errors import ConfigError
 
 FIXTURES = Path(__file__).parent / "fixtures" / "ci"
@@ -72,7 +72,7 @@ def test_github_matrix_tox_codecov_publish(tmp_path: Path) -> None:
         ("pre-commit.ruff-format", "ruff format --check --force-exclude .", 300),
         toml_check,
         ("types", "mypy src", 600),
-        ("build", "pipx run build && pipx run twine check dist/*", 600),
+        ("build", "pipx run build --no-isolation && pipx run twine check dist/*", 600),
         # tox -e py → [testenv]; the coverage flag stays (coverage is measured locally).
         ("tests", "pytest --cov=demo tests", 900),
     )
@@ -389,8 +389,9 @@ def test_a_build_step_is_kept_before_the_checks_of_what_it_builds(tmp_path: Path
     assert result.checks == (
         (
             "build",
-            "(mkdir -p .tox/pkg_meta/tmp && uv build --sdist --wheel --out-dir .tox/pkg_meta/tmp"
-            " .) && (mkdir -p .tox/pkg_meta/tmp && twine check '.tox/pkg_meta/tmp/*')"
+            "(mkdir -p .tox/pkg_meta/tmp && uv build --no-build-isolation --sdist --wheel"
+            " --out-dir .tox/pkg_meta/tmp .)"
+            " && (mkdir -p .tox/pkg_meta/tmp && twine check '.tox/pkg_meta/tmp/*')"
             " && (mkdir -p .tox/pkg_meta/tmp && check-wheel-contents --no-config"
             " .tox/pkg_meta/tmp)",
             600,
@@ -409,3 +410,44 @@ def test_a_distribution_check_without_a_kept_build_is_dropped(tmp_path: Path) ->
     assert result.checks == ()
     reason = drops(result)["tox.ini (tox env pkg): `twine check 'dist/*'`"]
     assert reason.startswith("checks built distributions, but no kept step before it builds")
+
+
+@pytest.mark.parametrize(
+    ("command", "offline"),
+    [
+        (
+            "python -m build . --outdir .nox/tmp",
+            "python -m build --no-isolation . --outdir .nox/tmp",
+        ),
+        ("python -m build -nwx .", "python -m build -nwx ."),
+        (
+            "uv build --python 3.13 --python-preference only-managed --sdist . --out-dir dist",
+            "uv build --no-build-isolation --sdist . --out-dir dist",
+        ),
+        ("pip wheel . -w dist", "pip wheel --no-build-isolation . -w dist"),
+        ("hatch build", "hatch build"),
+        ("ruff check .", None),
+    ],
+)
+def test_builds_run_without_isolation(command: str, offline: str | None) -> None:
+    """Checks have no network: an isolated build would download its backend (and uv its own
+    Python), so builds use the snapshot's .venv, where init installs the backend."""
+    assert offline_build(command) == offline
+
+
+def test_an_offline_build_installs_the_projects_build_backend(tmp_path: Path) -> None:
+    (tmp_path / "pyproject.toml").write_text(
+        '[build-system]\nrequires = ["hatchling>=1.25", "hatch-vcs"]\n'
+        'build-backend = "hatchling.build"\n[project]\nname = "demo"\nversion = "1"\n'
+    )
+    workflow = tmp_path / ".github" / "workflows" / "ci.yml"
+    workflow.parent.mkdir(parents=True)
+    workflow.write_text(
+        "on: [push]\njobs:\n  build:\n    runs-on: ubuntu-latest\n    steps:\n"
+        "      - run: uv build --python 3.13 --out-dir dist\n      - run: twine check dist/*\n"
+    )
+    result = distill(tmp_path)
+    assert result.checks == (
+        ("build", "uv build --no-build-isolation --out-dir dist && twine check dist/*", 600),
+    )
+    assert result.python.build_tools == ["hatchling>=1.25", "hatch-vcs", "uv"]

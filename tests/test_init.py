@@ -678,16 +678,17 @@ def test_github_ci_decides_checks_and_completes_setup(tmp_path: Path) -> None:
     assert raw["check"][2]["name"] == "pre-commit.check-toml"
     assert [(c["name"], c["command"]) for c in raw["check"]][3:] == [
         ("types", "mypy src"),
-        ("build", "pipx run build && pipx run twine check dist/*"),
+        ("build", "pipx run build --no-isolation && pipx run twine check dist/*"),
         ("tests", "pytest --cov=demo tests"),
     ]
     # The CI's installs become one .venv install: the extra tox uses, the typing requirements,
-    # the pinned mypy, and the tools the checks start that nothing installs yet.
+    # the pinned mypy, the build backend (the build runs without isolation, offline), and the
+    # tools the checks start that nothing installs yet.
     assert raw["snapshot"] == {
         "setup": [
             VENV,
             f"{PIP} -e '.[tests]' -r requirements-typing.txt mypy==1.11.2 ruff==0.6.9 "
-            "pre-commit-hooks==4.6.0 build",
+            "pre-commit-hooks==4.6.0 'setuptools>=64' build",
         ],
         "inputs": ["pyproject.toml", "requirements*.txt", ".pre-commit-config.yaml"],
     }

@@ -22,8 +22,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from microbuild.distill import circleci, github, gitlab, precommit
+from microbuild.distill.files import parse_toml, read_project_file
+from microbuild.distill.packaging import requirement_name
 from microbuild.distill.steps import Distiller, Drop, PythonNeeds, python_needs
 from microbuild.distill.tasks import distill_tasks
+from microbuild.errors import ConfigError
 
 __all__ = ["Distilled", "PythonNeeds", "distill"]
 
@@ -57,10 +60,27 @@ def distill(root: Path) -> Distilled:
     return _result(root, out, sources)
 
 
+def _build_tools(root: Path, builders: set[str]) -> list[str]:
+    """The build backend from ``[build-system] requires`` (setuptools and wheel without one),
+    and the frontend the builds run (``build``, ``uv``)."""
+    requires: list[str] = ["setuptools>=40.8", "wheel"]
+    try:
+        data = parse_toml(root / "pyproject.toml", read_project_file(root / "pyproject.toml", root))
+        given = (data.get("build-system") or {}).get("requires")
+        if isinstance(given, list) and all(isinstance(r, str) for r in given):
+            requires = [r for r in given if requirement_name(r) is not None]
+    except (OSError, ConfigError):
+        pass
+    frontends = [f for f in ("build", "uv") if f in builders]
+    return [*requires, *frontends]
+
+
 def _result(root: Path, out: Distiller, sources: list[str]) -> Distilled:
     checks = tuple((name, cmd, out.timeout(name)) for name, cmd in out.check_commands())
     needs = python_needs(out.python_setup)
     needs.tools = list(out.tools)
+    if out.offline_builders:
+        needs.build_tools = _build_tools(root, out.offline_builders)
     for rel in needs.requirement_files:
         if (root / rel).is_file():
             out.input(rel)

@@ -200,6 +200,7 @@ class ProjectDetector:
             args += self._group_args()
         if ci is not None and use_ci:
             args += self._hook_tool_args(ci.python.tools)
+            args += self._build_tool_args(ci.python.build_tools)
             checks = [Check(n, c, t) for n, c, t in ci.checks]
             tools = _tools_of(checks)
         else:
@@ -296,6 +297,23 @@ class ProjectDetector:
             if requirement_name(package) not in self.provided:
                 self._provide(package, "the CI's pip install", "CI")
                 args.append(shlex.quote(package))
+        return args
+
+    def _build_tool_args(self, requirements: list[str]) -> list[str]:
+        """The build backend and frontend a build without isolation uses (checks are offline:
+        an isolated build would download them)."""
+        args: list[str] = []
+        for requirement in requirements:
+            name = requirement_name(requirement)
+            if name is None or name in self.provided:
+                continue
+            self._provide(requirement, "the build check", "pyproject.toml")
+            self._keep(
+                f"install {requirement}",
+                "the build check builds without isolation (checks have no network)",
+                "pyproject.toml",
+            )
+            args.append(shlex.quote(requirement))
         return args
 
     def _hook_tool_args(self, requirements: list[str]) -> list[str]:

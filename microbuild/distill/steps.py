@@ -512,6 +512,47 @@ def _builds_package(name: str, args: list[str]) -> bool:
     )
 
 
+# Options that make uv fetch an interpreter of its own (`--python 3.13 --python-preference
+# only-managed`): the sidecar's .venv Python builds, offline.
+_UV_FETCHING = {"--python", "-p", "--python-preference"}
+
+
+def offline_build(command: str) -> str | None:
+    """A package build as it runs without the network: build isolation would download the
+    build backend, so ``python -m build`` gets ``--no-isolation``, ``uv build`` and ``pip
+    wheel .`` ``--no-build-isolation`` (and uv keeps to the .venv's Python); None when the
+    command is not one of those (or has more shell in it than one command)."""
+    if any(token in command for token in _SHELL_SYNTAX):
+        return None
+    words = _words(command)
+    name, args = program(command)
+    if not words or not _builds_package(name, args):
+        return None
+    head = words[: len(words) - len(args)]
+    if name == "build":
+        if {"-n", "--no-isolation"} & set(args) or any(
+            a.startswith("-") and not a.startswith("--") and "n" in a[1:] for a in args
+        ):
+            return command
+        return shlex.join([*head, "--no-isolation", *args])
+    if name == "uv":
+        kept: list[str] = []
+        it = iter(args)
+        for arg in it:
+            if arg in _UV_FETCHING:
+                next(it, None)
+                continue
+            if arg.split("=", 1)[0] in _UV_FETCHING and "=" in arg:
+                continue
+            kept.append(arg)
+        if "--no-build-isolation" not in kept:
+            kept.insert(1, "--no-build-isolation")
+        return shlex.join([*head, *kept])
+    if name in ("pip", "pip3") and "--no-build-isolation" not in args:
+        return shlex.join([*head, args[0], "--no-build-isolation", *args[1:]])
+    return command
+
+
 def consumes_distributions(command: str) -> bool:
     """Whether ``command`` checks built distributions (``twine check dist/*``): it needs a
     build step before it in the same check, or it checks an empty directory."""
@@ -586,6 +627,9 @@ class Distiller:
     """Requirements of tools that checks run (pre-commit hooks, pinned), installed as they are."""
     kinds: dict[str, str] = field(default_factory=dict)
     """Check name → its kind, for checks named other than their kind."""
+    offline_builders: set[str] = field(default_factory=set)
+    """The programs of builds made to run without build isolation (``build``, ``uv``,
+    ``pip``): the project's build backend, and uv, must be installed in the snapshot."""
     intercept: Callable[[Step], bool] | None = None
     """Takes a step over (True) before it is classified: how ``pre-commit run`` lines become
     the hooks' own commands, wherever they come from (CI, tox, nox, a Makefile)."""
@@ -609,6 +653,11 @@ class Distiller:
         else:
             if verdict.command is not None:
                 step = dataclasses.replace(step, command=verdict.command)
+            if verdict.kind == "build":
+                offline = offline_build(step.command)
+                if offline is not None and offline != step.command:
+                    self.offline_builders.add(program(offline)[0])
+                    step = dataclasses.replace(step, command=offline)
             key = verdict.check or verdict.kind
             if verdict.check is not None:
                 self.kinds[key] = verdict.kind
@@ -733,6 +782,9 @@ class PythonNeeds:
     tools: list[str] = field(default_factory=list)
     """Requirements of the tools checks run (pre-commit hooks' pins): installed in any case,
     unless the project's own dependencies install the tool; not a CI install of their own."""
+    build_tools: list[str] = field(default_factory=list)
+    """What a build without isolation needs: the build backend (``[build-system] requires``),
+    the ``build`` frontend or uv."""
 
     def empty(self) -> bool:
         return not (
