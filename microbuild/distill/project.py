@@ -104,6 +104,10 @@ _PY_TOOLS = {
     "codespell": "codespell",
     "bandit": "bandit",
     "build": "build",
+    "twine": "twine",
+    "check-wheel-contents": "check-wheel-contents",
+    "virtue": "virtue",
+    "uv": "uv",
 }
 
 
