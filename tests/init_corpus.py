@@ -112,6 +112,12 @@ AS_ROOT = (
     " root never gets"
 )
 
+PYPROJECT_API_STDERR = (
+    "not investigated: 1 of 59 tests fails in the sidecar, tests/test_frontend_setuptools.py::"
+    "test_result_missing (`assert 'Traceback' in exc.err`: the backend's stderr comes back"
+    " empty)"
+)
+
 PRE_COMMIT_CHECKS = {
     "pre-commit.ruff": r"^ruff check --no-fix\b",
     "pre-commit.black": r"^black --check\b",
@@ -243,6 +249,7 @@ PROJECTS: dict[str, InitProject] = {
         injections=(Injection("assertion", "tests/test_version.py", "test_version"),),
         # hatch-vcs writes it at build time; the project's .gitignore has it.
         gitignore=("src/pyproject_api/_version.py",),
+        baseline_defect=PYPROJECT_API_STDERR,
     ),
     "exceptiongroup": InitProject(
         spec=_p("exceptiongroup", "1.2.2"),

@@ -320,3 +320,14 @@ def test_unittest_in_a_sidecar_is_named_counted_and_its_output_untouched(
             assert test_id in report
     # The XML went to the sidecar's /tmp, never into the synced tree.
     assert not [p for p in manager.workspace(sidecar).rglob("*.xml")]
+
+
+def test_trial_format_of_virtue_names_the_test() -> None:
+    """virtue (jsonschema's runner) prints trial's format: `[FAIL]`, the traceback, then the
+    test's id; captured from a real run (tests/fixtures/report/virtue_fail.txt)."""
+    log = (Path(__file__).parent / "fixtures" / "report" / "virtue_fail.txt").read_text()
+    result = parse_output("unittest", log, None)
+    assert [(f.id, f.location, f.message) for f in result.failures] == [
+        ("pkg.test_a.TestA.test_x", "pkg/test_a.py:5", "AssertionError: 'got' != 'expected'")
+    ]
+    assert (result.total, result.failed) == (2, 1)

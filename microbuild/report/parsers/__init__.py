@@ -71,7 +71,7 @@ _W = r"(?:^|[\s/;&|(=])"
 _E = r"(?=$|[\s;&|)])"
 _DETECT: tuple[tuple[str, re.Pattern[str]], ...] = (
     ("pytest", re.compile(_W + r"(?:py\.test|pytest)" + _E + r"|-m\s+pytest" + _E)),
-    ("unittest", re.compile(r"-m\s+unittest" + _E)),
+    ("unittest", re.compile(r"-m\s+unittest" + _E + r"|" + _W + r"(?:virtue|trial)" + _E)),
     ("ruff", re.compile(_W + r"ruff\s+check" + _E)),
     ("mypy", re.compile(_W + r"d?mypy" + _E + r"|-m\s+mypy" + _E)),
     ("gotest", re.compile(_W + r"go\s+test" + _E + r"|" + _W + r"gotestsum" + _E)),

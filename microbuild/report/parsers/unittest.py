@@ -88,6 +88,36 @@ def _read_text(log: str) -> tuple[list[_Block], int | None, dict[str, int] | Non
     return blocks, ran, counts
 
 
+# Twisted trial's format, which virtue shares: `[FAIL]` / `[ERROR]` under a rule, the
+# traceback, a blank line, then the ids of the tests that failed so.
+_TRIAL_KIND = re.compile(r"^\[(?P<kind>FAIL|ERROR)\]$")
+_DOTTED = re.compile(r"^[A-Za-z_][\w]*(?:\.[A-Za-z_][\w]*)+$")
+
+
+def _read_trial(log: str) -> list[_Block]:
+    lines = log.splitlines()
+    blocks: list[_Block] = []
+    index = 0
+    while index < len(lines):
+        kind = _TRIAL_KIND.match(lines[index].strip()) if index else None
+        if kind is None or not lines[index - 1].startswith("=" * 20):
+            index += 1
+            continue
+        body: list[str] = []
+        index += 1
+        while index < len(lines) and not _RULE.match(lines[index].rstrip()):
+            body.append(lines[index].rstrip())
+            index += 1
+        while body and not body[-1].strip():
+            body.pop()
+        ids: list[str] = []
+        while body and _DOTTED.match(body[-1].strip()):
+            ids.insert(0, body.pop().strip())
+        for test in ids:
+            blocks.append(_Block("FAIL" if kind["kind"] == "FAIL" else "ERROR", test, body))
+    return blocks
+
+
 def _ends_block(lines: list[str], index: int) -> bool:
     """Whether the rule at `index` is the one before `Ran N tests` (a doctest's report has
     rules of its own inside the block)."""
@@ -152,6 +182,8 @@ def parse(log: str, artifact: bytes | None, *, workspace: str = "/workspace") ->
         except junit.JUnitError:
             report = None
     blocks, ran, counts = _read_text(log)
+    if not blocks:
+        blocks = _read_trial(log)
     if report is not None and report.cases:
         failures = _xml_failures(report, workspace)
         return ParseResult(
