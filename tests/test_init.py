@@ -688,7 +688,7 @@ def test_github_ci_decides_checks_and_completes_setup(tmp_path: Path) -> None:
         "setup": [
             VENV,
             f"{PIP} -e '.[tests]' -r requirements-typing.txt mypy==1.11.2 ruff==0.6.9 "
-            "pre-commit-hooks==4.6.0 'setuptools>=64' build",
+            "pre-commit-hooks==4.6.0 'setuptools>=64' build twine",
         ],
         "inputs": ["pyproject.toml", "requirements*.txt", ".pre-commit-config.yaml"],
     }
