@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
+import platform
 import signal
 import statistics
 from collections.abc import Callable, Iterator
@@ -19,6 +21,16 @@ def p95(values: list[float]) -> float:
     if len(values) < 2:
         return values[0]
     return statistics.quantiles(values, n=100, method="inclusive")[94]
+
+
+def machine_facts() -> dict[str, Any]:
+    """What a table's figures depend on: cores, kernel, Python and the load when it began."""
+    return {
+        "nproc": len(os.sched_getaffinity(0)),
+        "kernel": platform.release(),
+        "python": platform.python_version(),
+        "loadavg": round(os.getloadavg()[0], 2),
+    }
 
 
 def raise_interrupt(signum: int, _frame: FrameType | None) -> None:

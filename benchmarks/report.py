@@ -28,8 +28,6 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
-import os
-import platform
 import shutil
 import signal
 import statistics
@@ -43,7 +41,7 @@ from types import ModuleType
 from typing import Any
 
 import _common
-from _common import raise_interrupt, signals_ignored
+from _common import machine_facts, raise_interrupt, signals_ignored
 from rich.console import Console
 from rich.table import Table
 
@@ -256,12 +254,7 @@ def main(argv: list[str] | None = None) -> int:
     err = Console(stderr=True)
     signal.signal(signal.SIGTERM, raise_interrupt)
     signal.signal(signal.SIGINT, signal.default_int_handler)
-    report.machine = {
-        "nproc": len(os.sched_getaffinity(0)),
-        "kernel": platform.release(),
-        "python": platform.python_version(),
-        "loadavg": round(os.getloadavg()[0], 2),
-    }
+    report.machine = machine_facts()
     from microbuild.runtime.namespace import unavailable_reason
 
     reason = unavailable_reason()
