@@ -287,25 +287,29 @@ def _log_for_parsing(path: Path) -> str:
 
 
 def _parse(
-    check: CheckConfig, plan: _Plan, sandbox: _Sandbox, log_path: Path
+    plan: _Plan, sandbox: _Sandbox, log_path: Path, artifact: bytes | None
 ) -> ParseResult | None:
     if plan.parser is None:
         return None
     from microbuild.report.parsers import parse_output
 
-    artifact = sandbox.read(plan.artifact) if plan.artifact else None
     return parse_output(
         plan.parser, _log_for_parsing(log_path), artifact, workspace=sandbox.workspace
     )
 
 
 def _report_on(
-    result: CheckResult, check: CheckConfig, plan: _Plan, sandbox: _Sandbox, log_path: Path
+    result: CheckResult,
+    check: CheckConfig,
+    plan: _Plan,
+    sandbox: _Sandbox,
+    log_path: Path,
+    artifact: bytes | None,
 ) -> None:
     """Parse and classify a check's output into `result` (failures; status and reason when
     the environment is to blame). Never raises: a parser bug must not lose a result."""
     try:
-        parsed = _parse(check, plan, sandbox, log_path)
+        parsed = _parse(plan, sandbox, log_path, artifact)
         failures: list[Failure] = list(parsed.failures) if parsed is not None else []
         for failure in failures:
             failure.check = check.name
@@ -386,21 +390,22 @@ def _run_one(
         log_path=str(log_path),
         reason=reason,
     )
-    if plan.artifact and plan.parser and status in ("passed", "failed"):
-        outcome.durations = _durations(plan, sandbox)
+    # The tool's machine-readable result, read once for the timings and the report.
+    artifact = sandbox.read(plan.artifact) if plan.artifact else None
+    if artifact is not None and status in ("passed", "failed"):
+        outcome.durations = _durations(plan, sandbox, artifact)
     if status != "passed" and not cancel.cancelled:
-        _report_on(outcome, check, plan, sandbox, log_path)
+        _report_on(outcome, check, plan, sandbox, log_path, artifact)
     if status in ("passed", "failed") and not cancel.cancelled:
         _changed_tree(outcome, sandbox.changed_sources(since_ns))
     return outcome
 
 
-def _durations(plan: _Plan, sandbox: _Sandbox) -> dict[str, float]:
+def _durations(plan: _Plan, sandbox: _Sandbox, artifact: bytes) -> dict[str, float]:
     from microbuild.report.parsers import test_durations
 
     try:
-        artifact = sandbox.read(plan.artifact) if plan.artifact else None
-        if artifact is None or plan.parser is None:
+        if plan.parser is None:
             return {}
         return test_durations(plan.parser, artifact, workspace=sandbox.workspace)
     except Exception as exc:  # timings are a courtesy: never lose the result over them
